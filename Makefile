@@ -1,0 +1,37 @@
+# lt_d2: `make demo` trains + scores the tiny detector on the synthetic long-tailed set;
+# `make test` runs the test suite. Both set up .venv first (idempotent: seconds once done).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lt_d2-installed
+export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
+SYNTH := $(DETECTRON2_DATASETS)/lt_synthetic/.complete
+DEMO_CONFIG ?= configs/Synthetic-LT/faster_rcnn_tiny_ce.yaml
+DEMO_OUT ?= output/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py tools/install_detectron2.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps lvis==0.5.3
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+$(SYNTH): $(STAMP)
+	$(PY) datasets/prepare_synthetic_lt.py
+
+demo: $(STAMP) $(SYNTH)
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP) $(SYNTH)
+	$(PY) tools/benchmark_demo.py --config-file $(DEMO_CONFIG) --output-dir output/bench
+
+clean:
+	rm -rf $(VENV) output
