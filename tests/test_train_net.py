@@ -101,3 +101,15 @@ def test_missing_dataset_names_the_generator(tmp_path):
     proc = run_train_net(["--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path / "out")], tmp_path)
     assert proc.returncode != 0
     assert "prepare_synthetic_lt.py" in proc.stderr and "DETECTRON2_DATASETS" in proc.stderr
+
+
+@pytest.mark.parametrize("config, tasks", [
+    ("configs/Synthetic-LT/mask_rcnn_tiny_ce.yaml", {"bbox", "segm"}),
+    ("configs/Synthetic-LT/cascade_rcnn_tiny_ce.yaml", {"bbox"}),
+])
+def test_mask_and_cascade_variants_train_and_evaluate(tiny_root, tmp_path, config, tasks):
+    log = _check(run_train_net(["--config-file", config, "OUTPUT_DIR", str(tmp_path),
+                                "SOLVER.MAX_ITER", "4", *tiny_opts()], tiny_root))
+    metrics = copypaste_metrics(log)
+    assert set(metrics) == tasks
+    assert all("APr" in m for m in metrics.values())
