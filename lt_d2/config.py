@@ -19,8 +19,87 @@ def add_tiny_net_config(cfg):
     cfg.MODEL.TINY_NET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
+def add_lt_model_config(cfg):
+    cfg.MODEL.LT = CN()
+    # ROI classification loss, a name in lt_d2.modeling.losses.CLS_LOSS_REGISTRY: SoftmaxCE
+    # (detectron2's), SigmoidCE, FederatedLoss, EQLLoss, EQLv2Loss, ACSLLoss, SeesawLoss,
+    # DistributionBalancedLoss, FCBLoss. The loss also decides the number of logits and how
+    # they become scores at test time.
+    cfg.MODEL.LT.CLS_LOSS = "SoftmaxCE"
+    # Classifier layer: "linear" (detectron2's) or "cosine" (scale * cos(x, w) + b, the
+    # normalised linear layer of the Seesaw LVIS configs).
+    cfg.MODEL.LT.CLASSIFIER = "linear"
+    # Temperature (scale) of the cosine classifier (Seesaw: 20).
+    cfg.MODEL.LT.COSINE_SCALE = 20.0
+
+    cfg.MODEL.LT.EQL = CN()
+    # Tail threshold lambda on image frequency (image_count / #training images with
+    # annotations): LVIS v0.5 0.00177, LVIS v1 0.0011.
+    cfg.MODEL.LT.EQL.LAMBDA = 0.00177
+
+    cfg.MODEL.LT.EQLV2 = CN()
+    # gamma and mu of the mapping q_neg = sigmoid(gamma (g - mu)) of the gradient ratio g.
+    cfg.MODEL.LT.EQLV2.GAMMA = 12.0
+    cfg.MODEL.LT.EQLV2.MU = 0.8
+    # alpha in q_pos = 1 + alpha (1 - q_neg).
+    cfg.MODEL.LT.EQLV2.ALPHA = 4.0
+
+    cfg.MODEL.LT.ACSL = CN()
+    # Score threshold xi: a foreground RoI suppresses the classes it scores at least xi.
+    cfg.MODEL.LT.ACSL.SCORE_THRESH = 0.7
+
+    cfg.MODEL.LT.SEESAW = CN()
+    # Mitigation exponent p, compensation exponent q, and the clamp eps of the label's score.
+    cfg.MODEL.LT.SEESAW.P = 0.8
+    cfg.MODEL.LT.SEESAW.Q = 2.0
+    cfg.MODEL.LT.SEESAW.EPS = 0.01
+
+    cfg.MODEL.LT.DB = CN()
+    # Re-balancing map w = alpha + sigmoid(beta (r - mu)) (the code's map_param alpha/beta/gamma;
+    # defaults: the COCO-MLT configuration).
+    cfg.MODEL.LT.DB.ALPHA = 0.1
+    cfg.MODEL.LT.DB.BETA = 10.0
+    cfg.MODEL.LT.DB.MU = 0.2
+    # Negative-tolerant regularisation: negative logit scale lambda and bias factor kappa.
+    cfg.MODEL.LT.DB.NEG_SCALE = 2.0
+    cfg.MODEL.LT.DB.INIT_BIAS = 0.05
+    # Focal modulation (on/off), its exponent gamma and factor b (balance_param).
+    cfg.MODEL.LT.DB.FOCAL = True
+    cfg.MODEL.LT.DB.FOCAL_GAMMA = 2.0
+    cfg.MODEL.LT.DB.BALANCE = 2.0
+    # Apply the re-balanced weights (off: every element weighs 1).
+    cfg.MODEL.LT.DB.REBALANCE = True
+    # The official code divides kappa's bias by lambda (a bug its authors confirmed; released
+    # numbers include it). True removes the division.
+    cfg.MODEL.LT.DB.FIX_INIT_BIAS_BUG = False
+
+    cfg.MODEL.LT.FCBL = CN()
+    # Margin scale alpha of m_ij = alpha log(cm[y, j] / cm[j, y]) (BACL configs: 0.85).
+    cfg.MODEL.LT.FCBL.ALPHA = 0.85
+    # Re-weighting: a foreground RoI's negatives count if scored >= its label or >= this.
+    cfg.MODEL.LT.FCBL.PROB_THRESH = 0.7
+    # Apply the re-weighting (BACL's classifier stage: on from the first iteration).
+    cfg.MODEL.LT.FCBL.REWEIGHT = True
+
+
+def add_detectron2_main_keys(cfg):
+    """detectron2 main's federated-loss keys, on a detectron2 (0.6) that lacks them.
+
+    Same names, meanings and defaults as main's config/defaults.py, so one config works on both.
+    """
+    if "FED_LOSS_FREQ_WEIGHT_POWER" not in cfg.MODEL.ROI_BOX_HEAD:
+        # Federated loss: negatives are sampled with weight image_count ** power.
+        cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
+    if "FED_LOSS_NUM_CLASSES" not in cfg.MODEL.ROI_BOX_HEAD:
+        # Federated loss: number of classes (present + sampled) that get a loss per batch.
+        cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+
+
 def add_lt_config(cfg):
     """Add every lt_d2 key, with its default, to ``cfg`` (idempotent)."""
     if "TINY_NET" not in cfg.MODEL:
         add_tiny_net_config(cfg)
+    if "LT" not in cfg.MODEL:
+        add_lt_model_config(cfg)
+    add_detectron2_main_keys(cfg)
     return cfg

@@ -36,10 +36,15 @@ def test_add_lt_config_adds_keys_without_touching_detectron2_keys():
 
 
 def test_every_new_key_has_a_comment():
+    """Each key, or each run of keys assigned together, sits under a comment."""
+    assignment = re.compile(r"\s*cfg\.[A-Z_.]+ = (?!CN\(\))")
     lines = open(lt_config.__file__).read().splitlines()
     for i, line in enumerate(lines):
-        if re.match(r"\s*cfg\.[A-Z_.]+ = (?!CN\(\))", line):
-            assert lines[i - 1].strip().startswith("#") or lines[i - 2].strip().startswith("#"), line
+        if assignment.match(line):
+            j = i - 1
+            while assignment.match(lines[j]):
+                j -= 1
+            assert lines[j].strip().startswith("#"), line
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])

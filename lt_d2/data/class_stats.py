@@ -6,7 +6,8 @@ format, so its federated loss reads our statistics too):
 
 * ``class_image_count``: list of ``{"id": dataset category id, "image_count": int}``;
 * ``class_instance_count``: list of ``{"id": ..., "instance_count": int}``;
-* ``class_frequency``: list of "r" / "c" / "f" by contiguous class index.
+* ``class_frequency``: list of "r" / "c" / "f" by contiguous class index;
+* ``class_stats_num_images``: number of training images with at least one annotation.
 
 When a dataset's metadata lacks them, :func:`get_class_stats` computes them from its json.
 """
@@ -34,6 +35,7 @@ class ClassStats:
     image_count: np.ndarray  # (K,) number of training images that contain the class
     instance_count: np.ndarray  # (K,) number of training instances of the class
     frequency: np.ndarray  # (K,) "r" / "c" / "f"
+    num_images: int  # training images with at least one annotation
 
     @property
     def num_classes(self):
@@ -50,7 +52,7 @@ class ClassStats:
             raise ValueError("Cannot combine statistics of datasets with different classes.")
         image_count = self.image_count + other.image_count
         return ClassStats(image_count, self.instance_count + other.instance_count,
-                          lvis_frequency_groups(image_count))
+                          lvis_frequency_groups(image_count), self.num_images + other.num_images)
 
 
 def class_stats_from_annotations(data, id_map):
@@ -66,13 +68,15 @@ def class_stats_from_annotations(data, id_map):
         pairs = np.unique(np.stack([cls, img], 1), axis=0)
         instance_count = np.bincount(cls, minlength=num_classes)
         image_count = np.bincount(pairs[:, 0], minlength=num_classes)
+        num_images = len(np.unique(img))
     else:
         instance_count = image_count = np.zeros(num_classes, np.int64)
+        num_images = 0
     frequency = lvis_frequency_groups(image_count)
     for cat in data["categories"]:
         if "frequency" in cat:
             frequency[id_map[cat["id"]]] = cat["frequency"]
-    return ClassStats(image_count, instance_count, frequency)
+    return ClassStats(image_count, instance_count, frequency, num_images)
 
 
 def set_class_stats(dataset_name, stats):
@@ -89,6 +93,7 @@ def set_class_stats(dataset_name, stats):
             for i, n in zip(dataset_ids, stats.instance_count)
         ],
         "class_frequency": [str(f) for f in stats.frequency],
+        "class_stats_num_images": int(stats.num_images),
     }
     for key, value in values.items():
         if meta.get(key, None) is None:
@@ -97,7 +102,8 @@ def set_class_stats(dataset_name, stats):
 
 def _stats_from_metadata(meta):
     image_meta = meta.get("class_image_count", None)
-    if image_meta is None:
+    num_images = meta.get("class_stats_num_images", None)
+    if image_meta is None or num_images is None:
         return None
     image_count = np.array([c["image_count"] for c in sorted(image_meta, key=lambda c: c["id"])])
     inst_meta = meta.get("class_instance_count", None)
@@ -107,7 +113,7 @@ def _stats_from_metadata(meta):
     )
     freq = meta.get("class_frequency", None)
     frequency = np.array(freq) if freq is not None else lvis_frequency_groups(image_count)
-    return ClassStats(image_count, instance_count, frequency)
+    return ClassStats(image_count, instance_count, frequency, num_images)
 
 
 def get_class_stats(dataset_names):

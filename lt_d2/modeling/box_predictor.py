@@ -1,31 +1,137 @@
 # Copyright (c) lt_d2 contributors.
-"""The box predictor of lt_d2's ROI heads."""
+"""The box predictor of lt_d2's ROI heads: detectron2's, with a pluggable classification loss."""
 import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
+from torch import nn
+
+from .losses import SoftmaxCE, build_cls_loss
+
+
+class CosineLinear(nn.Linear):
+    """z = scale * <x / |x|, w / |w|> + b (the normalised linear layer of the Seesaw configs).
+
+    Same parameters (``weight``, ``bias``) as ``nn.Linear``, so checkpoints move between the two.
+    """
+
+    def __init__(self, in_features, out_features, scale=20.0, eps=1e-6):
+        super().__init__(in_features, out_features)
+        self.scale, self.eps = scale, eps
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.constant_(self.bias, 0)
+
+    def forward(self, x):
+        x = x / (x.norm(dim=1, keepdim=True) + self.eps)
+        w = self.weight / (self.weight.norm(dim=1, keepdim=True) + self.eps)
+        return F.linear(x * self.scale, w, self.bias)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", scale={self.scale}"
+
+
+def build_classifier(kind, in_features, out_features, cosine_scale=20.0):
+    if kind == "linear":
+        layer = nn.Linear(in_features, out_features)
+        nn.init.normal_(layer.weight, std=0.01)  # as detectron2's cls_score
+        nn.init.constant_(layer.bias, 0)
+        return layer
+    if kind == "cosine":
+        return CosineLinear(in_features, out_features, cosine_scale)
+    raise ValueError(f"Unknown MODEL.LT.CLASSIFIER={kind!r}; use 'linear' or 'cosine'.")
 
 
 class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
-    """detectron2's ``FastRCNNOutputLayers``, the predictor that lt_d2's long-tail methods
-    extend (classification loss, classifier layer, hallucinated features).
+    """detectron2's ``FastRCNNOutputLayers`` whose classification loss is a module.
 
-    It takes the same arguments, keeps the same parameters (``cls_score``, ``bbox_pred``) and,
-    with every long-tail option off, computes exactly what detectron2's predictor computes.
+    The loss (``cls_loss``, an :class:`~lt_d2.modeling.losses.LTClassificationLoss`) decides how
+    many logits ``cls_score`` outputs, how the classifier bias starts, the classification loss
+    and how logits become (R, K+1) scores at inference; the predictor never branches on which
+    loss it holds. With the default (``SoftmaxCE``, linear classifier) it computes exactly what
+    detectron2's predictor computes and has the same parameters.
+
+    Args:
+        cls_loss (LTClassificationLoss or None): None means softmax cross-entropy.
+        classifier (str): "linear" or "cosine". cosine_scale (float): the cosine temperature.
+        Other arguments: those of ``FastRCNNOutputLayers``.
     """
+
+    @configurable
+    def __init__(self, input_shape, *, cls_loss=None, classifier="linear", cosine_scale=20.0,
+                 **kwargs):
+        super().__init__(input_shape, **kwargs)
+        self.cls_loss = cls_loss if cls_loss is not None else SoftmaxCE(num_classes=self.num_classes)
+        if self.cls_loss.num_classes != self.num_classes:
+            raise ValueError(f"cls_loss is for {self.cls_loss.num_classes} classes, the predictor "
+                             f"for {self.num_classes}.")
+        if classifier != "linear" or self.cls_loss.num_logits != self.cls_score.out_features:
+            self.cls_score = build_classifier(
+                classifier, self.cls_score.in_features, self.cls_loss.num_logits, cosine_scale)
+        self.cls_loss.init_classifier_(self.cls_score)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        head = cfg.MODEL.ROI_BOX_HEAD
+        if head.get("USE_SIGMOID_CE", False) or head.get("USE_FED_LOSS", False):
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE / USE_FED_LOSS do not apply to lt_d2's ROI heads;"
+                " set MODEL.LT.CLS_LOSS to SigmoidCE or FederatedLoss instead.")
+        ret["cls_loss"] = build_cls_loss(cfg, ret["num_classes"])
+        ret["classifier"] = cfg.MODEL.LT.CLASSIFIER
+        ret["cosine_scale"] = cfg.MODEL.LT.COSINE_SCALE
+        return ret
+
+    def losses(self, predictions, proposals):
+        """Classification loss from ``cls_loss`` (one or more ``loss_*`` entries) plus
+        detectron2's box regression loss, each scaled by ``loss_weight``."""
+        scores, proposal_deltas = predictions
+        gt_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if len(proposals)
+            else torch.empty(0, dtype=torch.long, device=scores.device)
+        )
+        _log_classification_stats(self.cls_loss.probs(scores.detach()), gt_classes)
+        if len(proposals):
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
+        cls_losses = self.cls_loss(scores, gt_classes)
+        losses = dict(cls_losses) if isinstance(cls_losses, dict) else {"loss_cls": cls_losses}
+        losses["loss_box_reg"] = self.box_reg_loss(
+            proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def predict_probs(self, predictions, proposals):
+        """(R_i, K+1) scores per image, background last, as the loss defines them."""
+        scores, _ = predictions
+        num_inst_per_image = [len(p) for p in proposals]
+        return self.cls_loss.probs(scores).split(num_inst_per_image, dim=0)
 
 
 def replace_box_predictor(cfg, stock_predictor, input_shape):
     """Build an ``LTFastRCNNOutputLayers`` in place of detectron2's ``stock_predictor``.
 
     The new predictor is built without consuming the global RNG and takes the stock predictor's
-    weights wherever the shapes agree, so a model with lt_d2's ROI heads is initialised exactly
-    like detectron2's (same parameters, same RNG stream for the modules built after it).
+    weights wherever the shapes agree (then the loss's bias prior), so with the default loss a
+    model with lt_d2's ROI heads is initialised exactly like detectron2's: same parameters, and
+    the same RNG stream for the modules built after it.
     """
     with torch.random.fork_rng(devices=[]):
         predictor = LTFastRCNNOutputLayers(
             cfg, input_shape, box2box_transform=stock_predictor.box2box_transform
         )
-    stock_state = stock_predictor.state_dict()
     own_state = predictor.state_dict()
-    matching = {k: v for k, v in stock_state.items() if k in own_state and own_state[k].shape == v.shape}
+    matching = {
+        k: v for k, v in stock_predictor.state_dict().items()
+        if k in own_state and own_state[k].shape == v.shape
+    }
     predictor.load_state_dict(matching, strict=False)
+    predictor.cls_loss.init_classifier_(predictor.cls_score)
     return predictor

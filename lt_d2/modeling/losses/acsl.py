@@ -1,0 +1,83 @@
+# Copyright (c) lt_d2 contributors.
+"""Adaptive class suppression loss (Wang et al., CVPR 2021), as in the official code."""
+import torch
+from detectron2.config import configurable
+
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .utils import one_hot, weighted_bce_mean
+
+# Share of background RoIs on which a frequency group's classes get a negative loss.
+BACKGROUND_ROW_SHARE = {"r": 0.01, "c": 0.1, "f": 1.0}
+
+
+def acsl_weights(logits, gt_classes, group_masks, score_thresh):
+    """ACSL's (R, K+1) 0/1 weights; the background column is the last one.
+
+    Foreground RoIs: every column whose sigmoid score reaches ``score_thresh``, plus the label.
+    Background RoIs: the background column; all frequent classes; common classes on 10% and rare
+    classes on 1% of the background RoIs (one random row subset per group, drawn rare first).
+
+    Args:
+        group_masks: dict "r"/"c"/"f" -> (K,) bool masks of the frequency groups.
+    """
+    num_classes = logits.shape[1] - 1
+    with torch.no_grad():
+        weights = (logits.sigmoid() >= score_thresh).float()
+    rows = torch.arange(len(gt_classes), device=logits.device)
+    weights[rows, gt_classes] = 1
+    bg_rows = torch.nonzero(gt_classes == num_classes).flatten()
+    weights[bg_rows] = 0
+    weights[bg_rows, num_classes] = 1
+    for group in ("r", "c", "f"):
+        count = int(len(bg_rows) * BACKGROUND_ROW_SHARE[group])
+        picked = bg_rows[torch.randperm(len(bg_rows), device=logits.device)[:count]]
+        cols = torch.nonzero(group_masks[group]).flatten()
+        weights[picked[:, None], cols[None, :]] = 1
+    return weights
+
+
+@CLS_LOSS_REGISTRY.register()
+class ACSLLoss(LTClassificationLoss):
+    """ACSL over K+1 independent sigmoids (the background column included).
+
+    Args:
+        num_classes (int): K.
+        frequency (sequence of "r"/"c"/"f" or None): the LVIS group of each class.
+        score_thresh (float): xi, 0.7.
+
+    ``forward(logits (R, K+1), gt_classes (R,)) -> scalar`` = sum w BCE / R. Scores: plain
+    sigmoid per column (no objectness rescaling).
+    """
+
+    prior_prob = 0.01
+
+    @configurable
+    def __init__(self, *, num_classes, frequency=None, score_thresh=0.7):
+        super().__init__(num_classes)
+        self.score_thresh = score_thresh
+        groups = None
+        if frequency is not None:
+            freq = list(frequency)
+            groups = torch.tensor([[f == g for f in freq] for g in ("r", "c", "f")])
+        self.register_buffer("group_masks", groups, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes):
+        stats = train_class_stats(cfg)
+        return {
+            "num_classes": num_classes,
+            "frequency": None if stats is None else stats.frequency,
+            "score_thresh": cfg.MODEL.LT.ACSL.SCORE_THRESH,
+        }
+
+    def forward(self, logits, gt_classes):
+        groups = require(self.group_masks, "frequency groups")
+        masks = dict(zip(("r", "c", "f"), groups))
+        weights = acsl_weights(logits, gt_classes, masks, self.score_thresh)
+        return weighted_bce_mean(logits, one_hot(gt_classes, logits.shape[1]), weights)
+
+    def probs(self, logits):
+        return logits.sigmoid()
+
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}, score_thresh={self.score_thresh}"

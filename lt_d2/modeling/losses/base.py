@@ -1,0 +1,86 @@
+# Copyright (c) lt_d2 contributors.
+"""The interface every ROI classification loss of lt_d2 implements, and its registry."""
+import logging
+import math
+
+import torch
+from detectron2.utils.registry import Registry
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
+CLS_LOSS_REGISTRY.__doc__ = """
+ROI classification losses, selected by MODEL.LT.CLS_LOSS. Each is an LTClassificationLoss built
+as ``Loss(cfg, num_classes=K)`` (or with keyword arguments, without a config).
+"""
+
+
+class LTClassificationLoss(nn.Module):
+    """A classification loss for K foreground classes that also defines its logits and scores.
+
+    Subclasses set:
+
+    * ``num_logits``: how many logits the classifier must output (e.g. K+1 for softmax with a
+      background column, K for EQL, K+2 for Seesaw);
+    * ``forward(logits, gt_classes)``: the loss (a scalar, or a dict of ``loss_*`` scalars) for
+      (R, num_logits) logits and (R,) labels in [0, K], K = background;
+    * ``probs(logits)``: (R, K+1) per-class scores with the background last, used at inference
+      and averaged over Cascade stages;
+    * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses).
+    """
+
+    prior_prob = None
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+
+    @property
+    def num_logits(self):
+        return self.num_classes + 1
+
+    def probs(self, logits):
+        return logits.softmax(dim=-1)
+
+    def init_classifier_(self, layer):
+        """Set the classifier's bias to this loss's prior, if it has one."""
+        if self.prior_prob is not None and getattr(layer, "bias", None) is not None:
+            nn.init.constant_(layer.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
+
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}"
+
+
+def build_cls_loss(cfg, num_classes):
+    """The loss named by ``cfg.MODEL.LT.CLS_LOSS`` for ``num_classes`` foreground classes."""
+    name = cfg.MODEL.LT.CLS_LOSS
+    if name not in CLS_LOSS_REGISTRY:
+        registered = ", ".join(sorted(k for k, _ in CLS_LOSS_REGISTRY))
+        raise KeyError(f"Unknown MODEL.LT.CLS_LOSS={name!r}. Registered losses: {registered}.")
+    return CLS_LOSS_REGISTRY.get(name)(cfg, num_classes=num_classes)
+
+
+def train_class_stats(cfg):
+    """Class statistics of ``cfg.DATASETS.TRAIN``, or None (with a warning) if unavailable.
+
+    Evaluation does not need them, so a config whose training json is absent still builds.
+    """
+    from ...data import get_class_stats
+
+    if not cfg.DATASETS.TRAIN:
+        return None
+    try:
+        return get_class_stats(list(cfg.DATASETS.TRAIN))
+    except FileNotFoundError as e:
+        logger.warning("Class statistics unavailable (%s); training with this loss will fail.", e)
+        return None
+
+
+def require(tensor, what):
+    if tensor is None:
+        raise RuntimeError(
+            f"This loss needs the {what} of the training set, which were unavailable when it was "
+            "built: make sure the files of DATASETS.TRAIN exist (see datasets/README.md)."
+        )
+    return tensor

@@ -1,0 +1,88 @@
+# Copyright (c) lt_d2 contributors.
+"""Equalization loss v2 (Tan et al., CVPR 2021): gradient-guided re-weighting."""
+import torch
+from detectron2.config import configurable
+
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
+from .utils import all_reduce_sum_, one_hot, sigmoid_with_objectness, weighted_bce_mean
+
+
+def eqlv2_weights(pos_neg, num_rows, gamma, mu, alpha):
+    """Negative and positive weights of the K classes from the accumulated ratio g = pos/neg:
+    q_neg = 1 / (1 + exp(-gamma (g - mu))), q_pos = 1 + alpha (1 - q_neg); the objectness
+    column gets 1. Returns (pos_w, neg_w), each (num_rows, K+1)."""
+    q_neg = torch.sigmoid(gamma * (pos_neg - mu))
+    q_pos = 1 + alpha * (1 - q_neg)
+    one = q_neg.new_ones(1)
+    neg_w = torch.cat([q_neg, one]).expand(num_rows, -1)
+    pos_w = torch.cat([q_pos, one]).expand(num_rows, -1)
+    return pos_w, neg_w
+
+
+def eqlv2_loss(logits, gt_classes, pos_neg, gamma=12.0, mu=0.8, alpha=4.0):
+    """sum_ij w_ij BCE(z_ij, y_ij) / R with w = q_pos y + q_neg (1 - y) (paper eq. 5-7).
+
+    Args:
+        logits: (R, K+1) sigmoid logits, the last one objectness; gt_classes: (R,) in [0, K];
+        pos_neg: (K,) accumulated positive/negative gradient ratio of previous iterations.
+    Returns:
+        (loss, targets, weights); the caller accumulates gradients with the last two.
+    """
+    targets = one_hot(gt_classes, logits.shape[1])
+    pos_w, neg_w = eqlv2_weights(pos_neg, logits.shape[0], gamma, mu, alpha)
+    weights = pos_w * targets + neg_w * (1 - targets)
+    return weighted_bce_mean(logits, targets, weights), targets, weights
+
+
+@CLS_LOSS_REGISTRY.register()
+class EQLv2Loss(LTClassificationLoss):
+    """EQLv2 over K+1 sigmoid logits (the last one objectness).
+
+    Persistent buffers ``pos_grad``, ``neg_grad`` (K) and ``pos_neg`` (K, starts at 100 so the
+    first weights are all 1) accumulate |dBCE/dz| of positives and negatives over all iterations
+    and all processes (summed with all-reduce when there are several). Weights use the state of
+    previous iterations; the state is updated in training mode only.
+
+    Args:
+        num_classes (int): K. gamma (12), mu (0.8), alpha (4): the paper's hyper-parameters.
+
+    ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``. Scores: sigmoid(z_c)(1 - sigmoid(z_K)).
+    """
+
+    prior_prob = 0.001
+
+    @configurable
+    def __init__(self, *, num_classes, gamma=12.0, mu=0.8, alpha=4.0):
+        super().__init__(num_classes)
+        self.gamma, self.mu, self.alpha = gamma, mu, alpha
+        self.register_buffer("pos_grad", torch.zeros(num_classes))
+        self.register_buffer("neg_grad", torch.zeros(num_classes))
+        self.register_buffer("pos_neg", torch.full((num_classes,), 100.0))
+
+    @classmethod
+    def from_config(cls, cfg, num_classes):
+        c = cfg.MODEL.LT.EQLV2
+        return {"num_classes": num_classes, "gamma": c.GAMMA, "mu": c.MU, "alpha": c.ALPHA}
+
+    def forward(self, logits, gt_classes):
+        loss, targets, weights = eqlv2_loss(
+            logits, gt_classes, self.pos_neg, self.gamma, self.mu, self.alpha)
+        if self.training:
+            self._accumulate(logits, targets, weights)
+        return loss
+
+    @torch.no_grad()
+    def _accumulate(self, logits, targets, weights):
+        grad = (logits.detach().sigmoid() - targets).abs()
+        pos = (grad * targets * weights)[:, :-1].sum(0)
+        neg = (grad * (1 - targets) * weights)[:, :-1].sum(0)
+        all_reduce_sum_(pos, neg)
+        self.pos_grad += pos
+        self.neg_grad += neg
+        self.pos_neg.copy_(self.pos_grad / (self.neg_grad + 1e-10))
+
+    def probs(self, logits):
+        return sigmoid_with_objectness(logits)
+
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"

@@ -1,0 +1,77 @@
+# Copyright (c) lt_d2 contributors.
+"""Federated loss (Zhou et al., "Probabilistic two-stage detection", 2021; detectron2 main)."""
+import torch
+from detectron2.config import configurable
+
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .utils import one_hot, weighted_bce_mean
+
+
+def federated_classes(gt_classes, class_weights, num_fed_classes):
+    """The classes that get a loss: those in the batch, plus negatives drawn without
+    replacement with probability proportional to ``class_weights`` until ``num_fed_classes``.
+
+    As in detectron2, the background label counts toward ``num_fed_classes`` when present.
+    With fewer candidate classes than that (small datasets) every candidate is taken.
+    Returns a (K,) 0/1 float mask.
+    """
+    num_classes = class_weights.shape[0]
+    present = torch.unique(gt_classes)
+    chosen = present
+    if len(present) < num_fed_classes:
+        prob = torch.cat([class_weights.float(), class_weights.new_zeros(1, dtype=torch.float)])
+        prob[present] = 0
+        num_extra = min(num_fed_classes - len(present), int((prob > 0).sum()))
+        extra = torch.multinomial(prob, num_extra, replacement=False)
+        chosen = torch.cat([present, extra])
+    mask = class_weights.new_zeros(num_classes + 1, dtype=torch.float)
+    mask[chosen] = 1
+    return mask[:num_classes]
+
+
+@CLS_LOSS_REGISTRY.register()
+class FederatedLoss(LTClassificationLoss):
+    """Sigmoid BCE on the K class columns, restricted to the federated class set; the background
+    column of the K+1 logits gets no loss and is dropped at inference.
+
+    Args:
+        num_classes (int): K.
+        image_count (Tensor or None): (K,) training images per class.
+        freq_weight_power (float): negatives are drawn with weight image_count ** power (0.5).
+        num_fed_classes (int): size of the class set per batch (50).
+
+    ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``.
+    """
+
+    @configurable
+    def __init__(self, *, num_classes, image_count=None, freq_weight_power=0.5, num_fed_classes=50):
+        super().__init__(num_classes)
+        self.freq_weight_power = freq_weight_power
+        self.num_fed_classes = num_fed_classes
+        weights = None if image_count is None else torch.as_tensor(image_count).float() ** freq_weight_power
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes):
+        stats = train_class_stats(cfg)
+        head = cfg.MODEL.ROI_BOX_HEAD
+        return {
+            "num_classes": num_classes,
+            "image_count": None if stats is None else stats.image_count,
+            "freq_weight_power": head.FED_LOSS_FREQ_WEIGHT_POWER,
+            "num_fed_classes": head.FED_LOSS_NUM_CLASSES,
+        }
+
+    def forward(self, logits, gt_classes):
+        weights = require(self.class_weights, "per-class image counts")
+        cls_logits = logits[:, :-1]
+        targets = one_hot(gt_classes, self.num_classes + 1)[:, :-1]
+        mask = federated_classes(gt_classes, weights, self.num_fed_classes)
+        return weighted_bce_mean(cls_logits, targets, mask[None, :])
+
+    def probs(self, logits):
+        return logits.sigmoid()
+
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}, num_fed_classes={self.num_fed_classes}, " \
+               f"freq_weight_power={self.freq_weight_power}"
