@@ -228,7 +228,7 @@ def test_fcbl_without_margin_or_reweighting_is_sigmoid_ce():
     torch.manual_seed(3)
     logits, labels = torch.randn(7, K + 1), torch.tensor([0, 1, 2, 3, K, K, 1])
     confusion = torch.rand(K, K)
-    loss = fcbl_loss(logits, labels, confusion, alpha=0.0, reweight=False)
+    loss = fcbl_loss(logits, labels, confusion, torch.ones(K), alpha=0.0, reweight=False)
     assert torch.allclose(loss, sigmoid_ce_loss(logits, labels))
 
 
@@ -236,7 +236,8 @@ def test_fcbl_margins_weights_and_confusion_update():
     confusion = torch.tensor([[0.5, 0.2], [0.05, 0.9]])
     logits = torch.tensor([[0.0, 0.0, -3.0], [1.0, -2.0, 0.0]])
     labels = torch.tensor([0, 2])  # K=2: a class-0 RoI and a background RoI
-    loss = fcbl_loss(logits, labels, confusion, alpha=0.85, prob_thresh=0.7, reweight=True)
+    loss = fcbl_loss(logits, labels, confusion, torch.ones(2), alpha=0.85, prob_thresh=0.7,
+                     reweight=True)
     m01 = 0.85 * math.log(0.2 / 0.05)
     # fg RoI: class 1 scores as much as the label -> weighted; objectness always weighted
     expected = (bce_sum(0.0, 1) + bce_sum(0.0 + m01, 0) + bce_sum(-3.0, 0)
@@ -277,3 +278,55 @@ def test_class_statistics_are_not_checkpointed():
 def test_missing_statistics_fail_with_the_fix():
     with pytest.raises(RuntimeError, match="DATASETS.TRAIN"):
         EQLLoss(num_classes=K)(torch.randn(2, K), torch.tensor([0, K]))
+
+
+def _db_reference(logits, targets, freq, n, a, b, mu, lam, kappa, gamma, bal, focal):
+    """The DB loss written out with autograd ops, as the official code computes it."""
+    inv = 1 / freq
+    w = a + torch.sigmoid(b * (inv[None, :] / (targets * inv[None, :]).sum(1, keepdim=True) - mu))
+    bias = -torch.log(n / freq - 1) * kappa / lam
+    z = logits + bias[None, :]
+    z = z * lam * (1 - targets) + z * targets
+    w = w / lam * (1 - targets) + w * targets
+    bce = F.binary_cross_entropy_with_logits(z, targets, reduction="none")
+    if not focal:
+        return (w * bce).mean()
+    return (bal * (1 - torch.exp(-bce)) ** gamma * w * bce).mean()
+
+
+@pytest.mark.parametrize("focal", [True, False])
+def test_distribution_balanced_gradient_matches_autograd(focal):
+    torch.manual_seed(5)
+    logits = torch.randn(6, 5, dtype=torch.float64) * 3
+    targets = (torch.rand(6, 5) > 0.6).double()
+    freq = torch.tensor([3.0, 50.0, 7.0, 200.0, 1.0], dtype=torch.float64)
+    args = dict(alpha=0.1, beta=10.0, mu=0.3, neg_scale=5.0, init_bias=0.05, gamma=2.0, balance=2.0)
+    x1 = logits.clone().requires_grad_()
+    ours = distribution_balanced_loss(x1, targets, freq, 400, focal=focal, **args)
+    ours.backward()
+    x2 = logits.clone().requires_grad_()
+    ref = _db_reference(x2, targets, freq, 400, 0.1, 10.0, 0.3, 5.0, 0.05, 2.0, 2.0, focal)
+    ref.backward()
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_fcbl_reads_the_confusion_matrix_from_its_running_sums():
+    torch.manual_seed(6)
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])  # K=2
+    confusion = torch.rand(2, 2)
+    counts = torch.tensor([2.0, 5.0])
+    a = fcbl_loss(logits, labels, confusion, torch.ones(2))
+    b = fcbl_loss(logits, labels, confusion * counts[:, None], counts)
+    assert torch.allclose(a, b)
+
+
+def test_sigmoid_losses_gradients_match_autograd_bce():
+    torch.manual_seed(7)
+    logits = (torch.randn(9, K + 1) * 4).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 3, K, K, 1, K, 0])
+    sigmoid_ce_loss(logits, labels).backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    (F.binary_cross_entropy_with_logits(ref_logits, F.one_hot(labels, K + 1).float(),
+                                        reduction="sum") / 9).backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)

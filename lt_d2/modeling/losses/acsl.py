@@ -22,17 +22,18 @@ def acsl_weights(logits, gt_classes, group_masks, score_thresh):
     """
     num_classes = logits.shape[1] - 1
     with torch.no_grad():
-        weights = (logits.sigmoid() >= score_thresh).float()
-    rows = torch.arange(len(gt_classes), device=logits.device)
-    weights[rows, gt_classes] = 1
-    bg_rows = torch.nonzero(gt_classes == num_classes).flatten()
-    weights[bg_rows] = 0
-    weights[bg_rows, num_classes] = 1
-    for group in ("r", "c", "f"):
-        count = int(len(bg_rows) * BACKGROUND_ROW_SHARE[group])
-        picked = bg_rows[torch.randperm(len(bg_rows), device=logits.device)[:count]]
-        cols = torch.nonzero(group_masks[group]).flatten()
-        weights[picked[:, None], cols[None, :]] = 1
+        is_bg = gt_classes == num_classes
+        fg_rows, bg_rows = torch.nonzero(~is_bg).flatten(), torch.nonzero(is_bg).flatten()
+        weights = torch.empty_like(logits)
+        fg_weights = (logits[fg_rows].sigmoid() >= score_thresh).float()
+        weights[fg_rows] = fg_weights.scatter_(1, gt_classes[fg_rows][:, None], 1.0)
+        picked = logits.new_zeros(len(bg_rows), 3)  # which background rows each group gets
+        for g, group in enumerate(("r", "c", "f")):
+            count = int(len(bg_rows) * BACKGROUND_ROW_SHARE[group])
+            picked[torch.randperm(len(bg_rows), device=logits.device)[:count], g] = 1
+        masks = torch.stack([group_masks[g] for g in ("r", "c", "f")]).float()
+        weights[bg_rows, :num_classes] = picked @ masks
+        weights[bg_rows, num_classes] = 1
     return weights
 
 

@@ -6,19 +6,17 @@ per-RoI one-hot targets over the K classes (background RoIs have an all-zero row
 """
 import torch
 from detectron2.config import configurable
-from torch.nn import functional as F
 
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
-from .utils import append_zero_background, one_hot
+from .utils import append_zero_background, bce_with_logits, one_hot_foreground
 
 
 def rebalance_weights(targets, class_freq, alpha, beta, mu):
     """w_ki = alpha + sigmoid(beta (r_ki - mu)), r_ki = (1/n_i) / sum_j y_kj / n_j (every class,
     positives and negatives alike). Rows without a positive get r = inf, i.e. w = alpha + 1."""
     freq_inv = 1.0 / class_freq
-    repeat_rate = (targets * freq_inv[None, :]).sum(dim=1, keepdim=True)
-    ratio = freq_inv[None, :] / repeat_rate
-    return alpha + torch.sigmoid(beta * (ratio - mu))
+    repeat_rate = (targets @ freq_inv)[:, None]
+    return (freq_inv[None, :] / repeat_rate).sub_(mu).mul_(beta).sigmoid_().add_(alpha)
 
 
 def distribution_balanced_loss(logits, targets, class_freq, num_samples, *, alpha=0.1, beta=10.0,
@@ -38,22 +36,52 @@ def distribution_balanced_loss(logits, targets, class_freq, num_samples, *, alph
     """
     if logits.numel() == 0:
         return logits.sum() * 0.0
-    class_freq = class_freq.float().clamp(min=1)
-    weights = torch.ones_like(logits)
+    class_freq = class_freq.to(logits.dtype).clamp(min=1)
+    weights = None
     if rebalance:
         weights = rebalance_weights(targets, class_freq, alpha, beta, mu)
     # negative-tolerant regularisation: a class-specific bias, and negatives scaled by lambda
     bias = -torch.log((num_samples / class_freq - 1).clamp(min=1e-6)) * init_bias
     if not fix_init_bias_bug:
         bias = bias / neg_scale
-    shifted = logits + bias[None, :]
-    scaled = shifted * neg_scale * (1 - targets) + shifted * targets
-    weights = weights / neg_scale * (1 - targets) + weights * targets
-    bce = F.binary_cross_entropy_with_logits(scaled, targets, reduction="none")
-    if focal:
-        pt = torch.exp(-bce)
-        return (balance * (1 - pt).pow(gamma) * weights * bce).mean()
-    return (weights * bce).mean()
+    return _DBLossMean.apply(logits, targets.detach(), bias, weights, neg_scale, gamma, balance,
+                             focal)
+
+
+class _DBLossMean(torch.autograd.Function):
+    """Mean over elements of b (1 - p_t)^gamma w' BCE(s, y) (or w' BCE without focal), with
+    s = lambda (z + bias) and w' = w / lambda for negatives, s = z + bias and w' = w for
+    positives, p_t = exp(-BCE). The gradient (through p_t too, as autograd would) is written
+    in closed form: one pass instead of autograd's chain over ~20 element-wise ops."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, bias, weights, neg_scale, gamma, balance, focal):
+        # chain-rule factor ds/dz: lambda on negatives, 1 on positives (in-place steps: see
+        # bce_with_logits)
+        slope = (targets * (1 - neg_scale)).add_(neg_scale)
+        scaled = (logits + bias[None, :]).mul_(slope)
+        w = slope.reciprocal() if weights is None else weights / slope
+        bce = bce_with_logits(scaled, targets)
+        if focal:
+            pt = bce.neg().exp_()
+            one_minus_pt = pt.neg().add_(1)
+            loss = one_minus_pt.pow(gamma).mul_(w).mul_(bce).mul_(balance)
+            # d/d(bce) of b (1 - pt)^gamma bce = b (1 - pt)^(gamma-1) [(1 - pt) + gamma pt bce]
+            dbce = pt.mul_(bce).mul_(gamma).add_(one_minus_pt)
+            dbce.mul_(one_minus_pt.clamp_(min=1e-12).pow_(gamma - 1)).mul_(balance)
+        else:
+            loss = bce.mul_(w)
+            dbce = None
+        ctx.save_for_backward(scaled, targets, slope, w, dbce)
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        scaled, targets, slope, w, dbce = ctx.saved_tensors
+        g = torch.sigmoid(scaled).sub_(targets).mul_(w).mul_(slope)
+        if dbce is not None:
+            g.mul_(dbce)
+        return g.mul_(grad / scaled.numel()), None, None, None, None, None, None, None
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -97,7 +125,7 @@ class DistributionBalancedLoss(LTClassificationLoss):
 
     def forward(self, logits, gt_classes):
         class_freq = require(self.class_freq, "per-class image counts")
-        targets = one_hot(gt_classes, self.num_classes + 1)[:, : self.num_classes]
+        targets = one_hot_foreground(gt_classes, self.num_classes)
         return distribution_balanced_loss(logits, targets, class_freq, self.num_samples,
                                           **self.hparams)
 

@@ -4,7 +4,7 @@ import torch
 from detectron2.config import configurable
 
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
-from .utils import append_zero_background, one_hot, weighted_bce_mean
+from .utils import append_zero_background, one_hot_foreground, weighted_bce_mean
 
 
 def eql_loss(logits, gt_classes, tail_mask):
@@ -16,9 +16,11 @@ def eql_loss(logits, gt_classes, tail_mask):
         logits: (R, K); gt_classes: (R,) in [0, K]; tail_mask: (K,) 1 for tail classes.
     """
     num_classes = logits.shape[1]
-    targets = one_hot(gt_classes, num_classes + 1)[:, :num_classes]
-    is_fg = (gt_classes < num_classes).float()[:, None]
-    weights = 1 - is_fg * tail_mask[None, :] * (1 - targets)
+    targets = one_hot_foreground(gt_classes, num_classes)
+    is_fg = gt_classes < num_classes
+    weights = 1 - is_fg.float()[:, None] * tail_mask[None, :]
+    fg_rows = torch.nonzero(is_fg).flatten()
+    weights[fg_rows, gt_classes[fg_rows]] = 1  # (1 - y) = 0 at the label
     return weighted_bce_mean(logits, targets, weights)
 
 

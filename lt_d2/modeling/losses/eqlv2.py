@@ -29,8 +29,10 @@ def eqlv2_loss(logits, gt_classes, pos_neg, gamma=12.0, mu=0.8, alpha=4.0):
         (loss, targets, weights); the caller accumulates gradients with the last two.
     """
     targets = one_hot(gt_classes, logits.shape[1])
-    pos_w, neg_w = eqlv2_weights(pos_neg, logits.shape[0], gamma, mu, alpha)
-    weights = pos_w * targets + neg_w * (1 - targets)
+    pos_w, neg_w = eqlv2_weights(pos_neg, 1, gamma, mu, alpha)
+    # q_neg everywhere, q_pos at the label: q_pos y + q_neg (1 - y) with one allocation
+    weights = neg_w.expand(logits.shape[0], -1).clone()
+    weights.scatter_(1, gt_classes[:, None], pos_w[0, gt_classes][:, None])
     return weighted_bce_mean(logits, targets, weights), targets, weights
 
 
@@ -68,14 +70,17 @@ class EQLv2Loss(LTClassificationLoss):
         loss, targets, weights = eqlv2_loss(
             logits, gt_classes, self.pos_neg, self.gamma, self.mu, self.alpha)
         if self.training:
-            self._accumulate(logits, targets, weights)
+            self._accumulate(logits, gt_classes, targets, weights)
         return loss
 
     @torch.no_grad()
-    def _accumulate(self, logits, targets, weights):
-        grad = (logits.detach().sigmoid() - targets).abs()
-        pos = (grad * targets * weights)[:, :-1].sum(0)
-        neg = (grad * (1 - targets) * weights)[:, :-1].sum(0)
+    def _accumulate(self, logits, gt_classes, targets, weights):
+        weighted_grad = logits.detach().sigmoid().sub_(targets).abs_().mul_(weights)
+        # targets are one-hot: the positive part of each row sits at its label
+        at_label = weighted_grad.gather(1, gt_classes[:, None]).squeeze(1)
+        pos = torch.zeros(self.num_classes + 1, device=logits.device).index_add_(
+            0, gt_classes, at_label)[:-1]
+        neg = weighted_grad[:, :-1].sum(0) - pos
         all_reduce_sum_(pos, neg)
         self.pos_grad += pos
         self.neg_grad += neg

@@ -4,48 +4,62 @@ import torch
 from detectron2.config import configurable
 
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
-from .utils import all_reduce_sum_, one_hot, sigmoid_with_objectness, weighted_bce_mean
+from .utils import (
+    all_reduce_sum_,
+    is_distributed,
+    one_hot,
+    sigmoid_with_objectness,
+    weighted_bce_mean,
+)
 
 
-def confusion_margins(confusion, gt_classes, alpha):
-    """(R, K+1) margins m_ij = alpha log(max(cm[y,j], 1e-3) / max(cm[j,y], 1e-3)) for
-    foreground RoIs i (label y) and foreground columns j; 0 elsewhere."""
-    num_classes = confusion.shape[0]
-    margins = confusion.new_zeros(len(gt_classes), num_classes + 1)
-    fg = torch.nonzero(gt_classes < num_classes).flatten()
-    if fg.numel():
-        y = gt_classes[fg]
-        cm = confusion.clamp(min=1e-3)
-        margins[fg, :num_classes] = alpha * (cm[y].log() - cm[:, y].t().log())
-    return margins
+def confusion_margins(cm_numerator, num_gt, labels, alpha):
+    """(F, K) margins m_j = alpha log(max(cm[y,j], 1e-3) / max(cm[j,y], 1e-3)) of foreground
+    RoIs with labels y, where cm = cm_numerator / max(num_gt, 1) row-wise; only the rows and
+    columns the batch needs are read."""
+    counts = num_gt.clamp(min=1)
+    rows = (cm_numerator.index_select(0, labels) / counts[labels][:, None]).clamp_(min=1e-3).log_()
+    cols = (cm_numerator.index_select(1, labels).t() / counts[None, :]).clamp_(min=1e-3).log_()
+    return rows.sub_(cols).mul_(alpha)
 
 
-def fcbl_weights(logits, gt_classes, prob_thresh):
-    """FCBL's re-weighting: for a foreground RoI with label y, column j counts if its score is
-    at least the label's score or at least ``prob_thresh``, and the objectness column always
-    counts (scores: sigmoid(z_j)(1 - sigmoid(z_K))); background RoIs count everywhere."""
-    num_classes = logits.shape[1] - 1
+def fcbl_weights(fg_logits, fg_labels, prob_thresh):
+    """FCBL's re-weighting of foreground RoIs (background RoIs weigh 1 everywhere): column j
+    counts if its score is at least the label's score or at least ``prob_thresh``, and the
+    objectness column always counts (scores: sigmoid(z_j)(1 - sigmoid(z_K)))."""
     with torch.no_grad():
-        p = sigmoid_with_objectness(logits.detach())
-        p[:, num_classes] = 0  # compared on class scores only; the column is set to 1 below
-        label_score = p.gather(1, gt_classes.clamp(max=num_classes)[:, None])
+        p = fg_logits.sigmoid()
+        p[:, :-1] *= 1 - p[:, -1:]
+        label_score = p.gather(1, fg_labels[:, None])
         weights = ((p >= label_score) | (p >= prob_thresh)).float()
-        weights[:, num_classes] = 1
-        weights[gt_classes == num_classes] = 1
+        weights[:, -1] = 1
     return weights
 
 
-def fcbl_loss(logits, gt_classes, confusion, alpha=0.85, prob_thresh=0.7, reweight=True):
+def fcbl_loss(logits, gt_classes, cm_numerator, num_gt, alpha=0.85, prob_thresh=0.7,
+              reweight=True):
     """sum_ij w_ij BCE(z_ij + m_ij, y_ij) / R' over K+1 sigmoid logits (last = objectness).
 
     Args:
-        logits: (R', K+1); gt_classes: (R',) in [0, K]; confusion: (K, K) running average
-            softmax probability of class j for samples of class i.
+        logits: (R', K+1); gt_classes: (R',) in [0, K].
+        cm_numerator (K, K), num_gt (K,): the running confusion statistics; the confusion
+            matrix cm[i, j] = cm_numerator[i, j] / max(num_gt[i], 1) is the average softmax
+            probability of class j for samples of class i.
+    Margins apply to foreground rows and columns only; so does the re-weighting.
     """
-    targets = one_hot(gt_classes, logits.shape[1])
-    margins = confusion_margins(confusion, gt_classes, alpha)
-    weights = fcbl_weights(logits, gt_classes, prob_thresh) if reweight else None
-    return weighted_bce_mean(logits + margins, targets, weights)
+    num_classes = logits.shape[1] - 1
+    targets = one_hot(gt_classes, num_classes + 1)
+    fg = torch.nonzero(gt_classes < num_classes).flatten()
+    weights = None
+    if fg.numel():
+        labels = gt_classes[fg]
+        if reweight:  # scores without the margins
+            weights = torch.ones_like(targets)
+            weights[fg] = fcbl_weights(logits.detach()[fg], labels, prob_thresh)
+        margins = logits.new_zeros(len(fg), num_classes + 1)
+        margins[:, :num_classes] = confusion_margins(cm_numerator, num_gt, labels, alpha)
+        logits = logits.index_add(0, fg, margins)
+    return weighted_bce_mean(logits, targets, weights)
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -83,8 +97,8 @@ class FCBLoss(LTClassificationLoss):
         return self.cm_numerator / self.num_gt.clamp(min=1)[:, None]
 
     def forward(self, logits, gt_classes):
-        loss = fcbl_loss(logits, gt_classes, self.confusion, self.alpha, self.prob_thresh,
-                         self.reweight)
+        loss = fcbl_loss(logits, gt_classes, self.cm_numerator, self.num_gt, self.alpha,
+                         self.prob_thresh, self.reweight)
         if self.training:
             self._update(logits, gt_classes)
         return loss
@@ -94,10 +108,14 @@ class FCBLoss(LTClassificationLoss):
         fg = gt_classes < self.num_classes
         labels = gt_classes[fg]
         probs = logits.detach()[fg, : self.num_classes].softmax(dim=1)
-        numerator = one_hot(labels, self.num_classes).t() @ probs
         counts = torch.bincount(labels, minlength=self.num_classes).float()
-        all_reduce_sum_(numerator, counts)
-        self.cm_numerator += numerator
+        # onehot(y)^T probs, as a row scatter instead of a (K, R) x (R, K) product
+        if is_distributed():
+            numerator = torch.zeros_like(self.cm_numerator).index_add_(0, labels, probs)
+            all_reduce_sum_(numerator, counts)
+            self.cm_numerator += numerator
+        else:  # no (K, K) temporary on a single process
+            self.cm_numerator.index_add_(0, labels, probs)
         self.num_gt += counts
 
     def probs(self, logits):

@@ -4,7 +4,7 @@ import torch
 from detectron2.config import configurable
 
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
-from .utils import one_hot, weighted_bce_mean
+from .utils import one_hot_foreground, weighted_bce_mean
 
 
 def federated_classes(gt_classes, class_weights, num_fed_classes):
@@ -65,7 +65,7 @@ class FederatedLoss(LTClassificationLoss):
     def forward(self, logits, gt_classes):
         weights = require(self.class_weights, "per-class image counts")
         cls_logits = logits[:, :-1]
-        targets = one_hot(gt_classes, self.num_classes + 1)[:, :-1]
+        targets = one_hot_foreground(gt_classes, self.num_classes)
         mask = federated_classes(gt_classes, weights, self.num_fed_classes)
         return weighted_bce_mean(cls_logits, targets, mask[None, :])
 

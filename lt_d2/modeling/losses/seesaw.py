@@ -1,5 +1,7 @@
 # Copyright (c) lt_d2 contributors.
 """Seesaw loss (Wang et al., CVPR 2021), as in mmdetection, with synchronised counts."""
+import math
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cross_entropy
@@ -9,24 +11,23 @@ from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
 from .utils import all_reduce_sum_
 
 
-def seesaw_factors(logits, labels, cum_samples, p, q, eps):
-    """(R, K) factors S_ij = M_ij C_ij for foreground RoIs with labels i.
+def seesaw_log_factors(logits, labels, cum_samples, p, q, eps):
+    """(R, K) log S_ij = log M_ij + log C_ij for foreground RoIs with labels i.
 
     Mitigation M_ij = (N_j / N_i)^p where N_j < N_i (N = cumulative samples, clamped >= 1);
     compensation C_ij = (s_j / s_i)^q where s_j > s_i (s = softmax of the detached logits,
-    s_i clamped >= eps).
+    s_i clamped >= eps). Computed as p min(log N_j - log N_i, 0) + q max(log s_j - log s_i, 0),
+    which needs no (K, K) matrix and no power.
     """
-    factors = logits.new_ones(logits.shape)
+    log_factors = logits.new_zeros(logits.shape)
     if p > 0:
-        counts = cum_samples.clamp(min=1).float()
-        ratio = counts[None, :] / counts[:, None]
-        factors = factors * torch.where(ratio < 1, ratio.pow(p), torch.ones_like(ratio))[labels]
+        log_counts = cum_samples.clamp(min=1).float().log()
+        log_factors += p * (log_counts[None, :] - log_counts[labels][:, None]).clamp(max=0)
     if q > 0:
-        scores = F.softmax(logits.detach(), dim=1)
-        self_scores = scores.gather(1, labels[:, None]).clamp(min=eps)
-        ratio = scores / self_scores
-        factors = factors * torch.where(ratio > 1, ratio.pow(q), torch.ones_like(ratio))
-    return factors
+        log_scores = F.log_softmax(logits.detach(), dim=1)
+        self_log = log_scores.gather(1, labels[:, None]).clamp(min=math.log(eps))
+        log_factors += q * (log_scores - self_log).clamp(min=0)
+    return log_factors
 
 
 def seesaw_loss(logits, gt_classes, cum_samples, p=0.8, q=2.0, eps=1e-2):
@@ -44,9 +45,8 @@ def seesaw_loss(logits, gt_classes, cum_samples, p=0.8, q=2.0, eps=1e-2):
     fg = gt_classes < num_classes
     fg_logits, fg_labels = cls_logits[fg], gt_classes[fg]
     if fg_labels.numel():
-        factors = seesaw_factors(fg_logits, fg_labels, cum_samples[:num_classes], p, q, eps)
-        targets = F.one_hot(fg_labels, num_classes)
-        adjusted = fg_logits + factors.log() * (1 - targets)
+        log_factors = seesaw_log_factors(fg_logits, fg_labels, cum_samples[:num_classes], p, q, eps)
+        adjusted = fg_logits + log_factors.scatter_(1, fg_labels[:, None], 0.0)  # not on the label
         loss_cls = F.cross_entropy(adjusted, fg_labels, reduction="sum") / num_rois
     else:
         loss_cls = cls_logits.sum() * 0.0

@@ -2,12 +2,52 @@
 """Helpers shared by the losses: targets, objectness scores, cross-process sums."""
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 
 
-def one_hot(gt_classes, num_columns):
+def one_hot(gt_classes, num_columns, dtype=torch.float32):
     """(R, num_columns) float one-hot of ``gt_classes`` (values < num_columns)."""
-    return F.one_hot(gt_classes, num_columns).to(torch.float32)
+    out = torch.zeros(len(gt_classes), num_columns, dtype=dtype, device=gt_classes.device)
+    return out.scatter_(1, gt_classes[:, None], 1.0)
+
+
+def one_hot_foreground(gt_classes, num_classes):
+    """(R, K) one-hot over the K classes; background rows (label K) are all zero."""
+    out = torch.zeros(len(gt_classes), num_classes + 1, device=gt_classes.device)
+    return out.scatter_(1, gt_classes[:, None], 1.0)[:, :num_classes].contiguous()
+
+
+def bce_with_logits(logits, targets):
+    """Element-wise BCE(z, y) = max(z, 0) - z y - log(sigmoid(|z|)), without autograd.
+
+    Same values as ``F.binary_cross_entropy_with_logits`` up to float rounding. Written with
+    two allocations and in-place steps: at LVIS scale each fresh (R, K) tensor costs as much as
+    the arithmetic, and torch's log1p is not vectorised on CPU.
+    """
+    abs_logits = logits.abs()
+    loss = torch.sigmoid(abs_logits).log_().neg_()  # log(1 + exp(-|z|))
+    # max(z, 0) = (z + |z|) / 2
+    return loss.add_(abs_logits, alpha=0.5).add_(logits, alpha=0.5).addcmul_(logits, targets, value=-1)
+
+
+class _WeightedBCESum(torch.autograd.Function):
+    """sum_ij w_ij BCE(z_ij, y_ij) with the closed-form gradient w (sigmoid(z) - y): one pass
+    forward, one backward, instead of autograd's chain through every element-wise op."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights):
+        loss = bce_with_logits(logits, targets)
+        if weights is not None:
+            loss.mul_(weights)
+        ctx.save_for_backward(logits, targets, weights)
+        return loss.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, weights = ctx.saved_tensors
+        g = torch.sigmoid(logits).sub_(targets)
+        if weights is not None:
+            g.mul_(weights)
+        return g.mul_(grad), None, None
 
 
 def sigmoid_with_objectness(logits):
@@ -26,15 +66,18 @@ def weighted_bce_mean(logits, targets, weights=None):
     """sum_ij w_ij BCE(z_ij, y_ij) / R: the per-RoI normalisation of the official losses."""
     if logits.numel() == 0:
         return logits.sum() * 0.0  # keeps the graph connected for empty batches
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if weights is not None:
-        loss = loss * weights
-    return loss.sum() / logits.shape[0]
+        weights = weights.detach().expand_as(logits)
+    return _WeightedBCESum.apply(logits, targets.detach(), weights) / logits.shape[0]
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def all_reduce_sum_(*tensors):
     """Sum ``tensors`` in place over all processes; a no-op on a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
