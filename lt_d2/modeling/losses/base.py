@@ -3,7 +3,7 @@
 import logging
 import math
 
-import torch
+from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
@@ -32,9 +32,15 @@ class LTClassificationLoss(nn.Module):
 
     prior_prob = None
 
+    @configurable
     def __init__(self, num_classes):
         super().__init__()
         self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, cfg, num_classes):
+        """Keyword arguments of ``__init__`` from a config; losses with hyper-parameters extend it."""
+        return {"num_classes": num_classes}
 
     @property
     def num_logits(self):

@@ -1,6 +1,5 @@
 # Copyright (c) lt_d2 contributors.
 """Sigmoid cross-entropy over K class outputs plus one objectness output (EQLv2 / BACL stage 1)."""
-from detectron2.config import configurable
 
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
 from .utils import one_hot, sigmoid_with_objectness, weighted_bce_mean
@@ -25,14 +24,6 @@ class SigmoidCE(LTClassificationLoss):
     """
 
     prior_prob = 0.001
-
-    @configurable
-    def __init__(self, *, num_classes):
-        super().__init__(num_classes)
-
-    @classmethod
-    def from_config(cls, cfg, num_classes):
-        return {"num_classes": num_classes}
 
     def forward(self, logits, gt_classes):
         return sigmoid_ce_loss(logits, gt_classes)
