@@ -73,6 +73,21 @@ def add_lt_model_config(cfg):
     # numbers include it). True removes the division.
     cfg.MODEL.LT.DB.FIX_INIT_BIAS_BUG = False
 
+    # Decoupled stage two: names of the parameters that train; every other parameter is frozen
+    # (and batch-norm statistics with it). Each entry is a parameter name, a dotted prefix
+    # ("roi_heads.box_predictor.cls_score") or a glob ("roi_heads.box_predictor.*.cls_score.*").
+    # Empty: everything trains (stage one).
+    cfg.MODEL.LT.TRAINABLE = []
+
+    cfg.MODEL.LT.BAGS = CN()
+    # Group boundaries on training instance counts: groups <10, 10-99, 100-999, >=1000.
+    cfg.MODEL.LT.BAGS.BIN_SPLIT = [10, 100, 1000]
+    # "others" RoIs sampled per RoI of the group's classes (beta).
+    cfg.MODEL.LT.BAGS.OTHERS_RATIO = 8.0
+    # Renormalise the merged class scores so each RoI's scores sum to 1 (False: the official
+    # merge, group softmax times P(foreground), whose rows sum to more than 1).
+    cfg.MODEL.LT.BAGS.NORMALIZE_SCORES = True
+
     cfg.MODEL.LT.FCBL = CN()
     # Margin scale alpha of m_ij = alpha log(cm[y, j] / cm[j, y]) (BACL configs: 0.85).
     cfg.MODEL.LT.FCBL.ALPHA = 0.85
@@ -80,6 +95,14 @@ def add_lt_model_config(cfg):
     cfg.MODEL.LT.FCBL.PROB_THRESH = 0.7
     # Apply the re-weighting (BACL's classifier stage: on from the first iteration).
     cfg.MODEL.LT.FCBL.REWEIGHT = True
+
+
+def add_lt_data_config(cfg):
+    cfg.DATALOADER.LT = CN()
+    # Rounding of repeat factors in RepeatFactorTrainingSampler: "stochastic" (detectron2:
+    # floor(r) + 1[U < frac(r)] per epoch) or "ceil" (mmdetection's ClassBalancedDataset:
+    # ceil(r) copies, as the mmdetection-based published results used).
+    cfg.DATALOADER.LT.REPEAT_ROUNDING = "stochastic"
 
 
 def add_detectron2_main_keys(cfg):
@@ -101,5 +124,7 @@ def add_lt_config(cfg):
         add_tiny_net_config(cfg)
     if "LT" not in cfg.MODEL:
         add_lt_model_config(cfg)
+    if "LT" not in cfg.DATALOADER:
+        add_lt_data_config(cfg)
     add_detectron2_main_keys(cfg)
     return cfg

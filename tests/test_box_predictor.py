@@ -1,5 +1,6 @@
 # Copyright (c) lt_d2 contributors.
 """The box predictor with every loss, in Faster, Mask and Cascade R-CNN ROI heads."""
+import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -10,6 +11,7 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from lt_d2.config import add_lt_config
+from lt_d2.data.class_stats import ClassStats, set_class_stats
 from lt_d2.modeling import CosineLinear, LTFastRCNNOutputLayers
 from lt_d2.modeling.losses import CLS_LOSS_REGISTRY
 
@@ -53,9 +55,19 @@ def test_empty_batch_gives_zero_losses_with_gradients(name):
     assert instances == []
 
 
+STATS_DATASET = "lt_test_class_stats_4"
+
+
+def setup_module():
+    """Training statistics of 4 classes in metadata, where the losses read them."""
+    set_class_stats(STATS_DATASET, ClassStats(
+        image_count=np.array([300, 40, 5, 1]), instance_count=np.array([900, 60, 9, 1]),
+        frequency=np.array(["f", "c", "r", "r"]), num_images=1000))
+
+
 def _cfg(loss, arch):
     cfg = add_lt_config(get_cfg())
-    cfg.DATASETS.TRAIN = ()  # statistics given to the losses below, not read from a dataset
+    cfg.DATASETS.TRAIN = (STATS_DATASET,)
     cfg.MODEL.LT.CLS_LOSS = loss
     cfg.MODEL.ROI_HEADS.NAME = "LTCascadeROIHeads" if arch == "cascade" else "LTROIHeads"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
@@ -69,19 +81,6 @@ def _cfg(loss, arch):
     cfg.MODEL.MASK_ON = arch == "mask"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     return cfg
-
-
-def _give_statistics(roi_heads):
-    """Fill the class statistics that from_config could not read (no training dataset)."""
-    predictors = roi_heads.box_predictor
-    for predictor in predictors if isinstance(predictors, torch.nn.ModuleList) else [predictors]:
-        loss = predictor.cls_loss
-        template = make_losses()[type(loss).__name__]
-        for name, buf in template.named_buffers():
-            if name not in loss.state_dict():
-                setattr(loss, name, buf.clone())
-        if hasattr(template, "num_samples"):
-            loss.num_samples = template.num_samples
 
 
 def _proposals_and_targets():
@@ -107,7 +106,6 @@ def test_every_loss_trains_and_infers_in_every_architecture(loss, arch):
     cfg = _cfg(loss, arch)
     shape = {"res4": ShapeSpec(channels=8, stride=16)}
     roi_heads = build_roi_heads(cfg, shape)
-    _give_statistics(roi_heads)
     features = {"res4": torch.rand(2, 8, 2, 2)}
     images = ImageList(torch.rand(2, 3, 32, 32), [(32, 32), (32, 32)])
     proposals, gts = _proposals_and_targets()

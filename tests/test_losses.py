@@ -13,6 +13,7 @@ from lt_d2.modeling.losses import (
     EQLv2Loss,
     FCBLoss,
     FederatedLoss,
+    GroupSoftmaxLoss,
     SeesawLoss,
     SigmoidCE,
     SoftmaxCE,
@@ -42,6 +43,7 @@ def make_losses():
         "DistributionBalancedLoss": DistributionBalancedLoss(
             num_classes=K, class_freq=IMAGE_COUNT, num_samples=1000),
         "FCBLoss": FCBLoss(num_classes=K),
+        "GroupSoftmaxLoss": GroupSoftmaxLoss(num_classes=K, instance_count=[900, 60, 9, 1]),
     }
 
 
@@ -80,7 +82,7 @@ def test_scores_have_background_last_and_are_probabilities(name):
     probs = loss_fn.probs(logits)
     assert probs.shape == (7, K + 1)
     assert (probs >= 0).all() and (probs <= 1).all()
-    if name in ("SoftmaxCE", "SeesawLoss"):
+    if name in ("SoftmaxCE", "SeesawLoss", "GroupSoftmaxLoss"):
         assert torch.allclose(probs.sum(1), torch.ones(7))
 
 

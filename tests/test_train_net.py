@@ -74,7 +74,7 @@ def test_two_process_gloo_run_trains_and_evaluates(tiny_root, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["MODEL.ROI_HEADS.NUM_CLASSES", "7"], "Set MODEL.ROI_HEADS.NUM_CLASSES 12"),
-    (["DATALOADER.SAMPLER_TRAIN", "Nope"], "Registered samplers: RepeatFactorTrainingSampler"),
+    (["DATALOADER.SAMPLER_TRAIN", "Nope"], "Registered samplers: ClassAwareSampler, Repeat"),
     (["DATASETS.TRAIN", "('lvis_v1_train',)"], "DETECTRON2_DATASETS"),
     (["MODEL.DEVICE", "cuda"], "MODEL.DEVICE cpu"),
 ])

@@ -13,6 +13,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from lt_d2.compat import check_num_processes, launch
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer, check_config
@@ -25,6 +26,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lt_d2")
     return cfg
 
 

@@ -14,6 +14,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 
 from ..data import build_training_sampler, check_dataset_files
+from .freeze import check_weights_fit, freeze_all_but
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,31 @@ class LTTrainer(DefaultTrainer):
 
     * builds the training sampler from lt_d2's sampler registry (``DATALOADER.SAMPLER_TRAIN``);
     * evaluates LVIS-format datasets with ``LVISEvaluator`` and others with ``COCOEvaluator``;
-    * checks datasets, device and ``NUM_CLASSES`` before it spends time training.
+    * checks datasets, device and ``NUM_CLASSES`` before it spends time training;
+    * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else and checks that
+      ``MODEL.WEIGHTS`` holds every frozen tensor.
     """
 
     def __init__(self, cfg):
         check_config(cfg)
         super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.LT.TRAINABLE:
+            freeze_all_but(model, list(cfg.MODEL.LT.TRAINABLE))
+        return model
+
+    def resume_or_load(self, resume=True):
+        has_checkpoint = resume and self.checkpointer.has_checkpoint()
+        if self.cfg.MODEL.LT.TRAINABLE and not has_checkpoint:
+            if not self.cfg.MODEL.WEIGHTS:
+                raise ValueError("MODEL.LT.TRAINABLE is set (decoupled stage two) but MODEL.WEIGHTS "
+                                 "is empty: point it at the stage-one checkpoint after surgery.")
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            check_weights_fit(model, self.cfg.MODEL.WEIGHTS)
+        return super().resume_or_load(resume=resume)
 
     @classmethod
     def build_train_loader(cls, cfg):

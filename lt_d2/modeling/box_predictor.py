@@ -32,6 +32,21 @@ class CosineLinear(nn.Linear):
         return super().extra_repr() + f", scale={self.scale}"
 
 
+class LWSLinear(nn.Linear):
+    """Learnable weight scaling (decoupling paper, Kang et al., ICLR 2020): z = x (W * s)^T + b
+    with one scale per output, s = 1 at first. ``weight``/``bias`` keep nn.Linear's names, so a
+    stage-one classifier loads into it; stage two trains only ``scales``."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.constant_(self.bias, 0)
+        self.scales = nn.Parameter(torch.ones(out_features, 1))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.scales, self.bias)
+
+
 def build_classifier(kind, in_features, out_features, cosine_scale=20.0):
     if kind == "linear":
         layer = nn.Linear(in_features, out_features)
@@ -40,7 +55,9 @@ def build_classifier(kind, in_features, out_features, cosine_scale=20.0):
         return layer
     if kind == "cosine":
         return CosineLinear(in_features, out_features, cosine_scale)
-    raise ValueError(f"Unknown MODEL.LT.CLASSIFIER={kind!r}; use 'linear' or 'cosine'.")
+    if kind == "lws":
+        return LWSLinear(in_features, out_features)
+    raise ValueError(f"Unknown MODEL.LT.CLASSIFIER={kind!r}; use 'linear', 'cosine' or 'lws'.")
 
 
 class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -54,7 +71,8 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     Args:
         cls_loss (LTClassificationLoss or None): None means softmax cross-entropy.
-        classifier (str): "linear" or "cosine". cosine_scale (float): the cosine temperature.
+        classifier (str): "linear", "cosine" or "lws" (learnable per-class weight scales).
+        cosine_scale (float): the cosine temperature.
         Other arguments: those of ``FastRCNNOutputLayers``.
     """
 

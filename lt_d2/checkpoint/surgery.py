@@ -1,0 +1,119 @@
+# Copyright (c) lt_d2 contributors.
+"""Checkpoint surgery for decoupled (two-stage) training: pure functions over checkpoints.
+
+* ``remove``: drop the classifier (``cls_score``) of every box predictor, so stage two
+  re-initialises it (cRT, BAGS).
+* ``reset``: keep every weight (LWS, ACSL tune-fc and BACL start from the trained classifier).
+
+Both keep only the model weights: optimizer, scheduler, iteration and trainer state go, and so do
+the classification losses' running statistics (``cls_loss.*``), which stage two starts afresh.
+With a new number of classes, every class-specific layer (classifier, class-specific box
+regression, mask predictor) is dropped too, so stage two initialises it at its new size.
+"""
+import os
+import re
+import tempfile
+
+import torch
+
+PREDICTOR = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?")
+CLASSIFIER = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?cls_score\.")
+LOSS_STATE = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?cls_loss\.")
+BOX_REGRESSION = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?bbox_pred\.")
+MASK_PREDICTOR = re.compile(r"^roi_heads\.mask_head\.predictor\.")
+
+
+class SurgeryError(ValueError):
+    """A checkpoint that surgery cannot work on (the message says why and what to do)."""
+
+
+def load_checkpoint(path):
+    """Load a Detectron2 checkpoint (a dict with a "model" state dict) onto the CPU."""
+    if not os.path.isfile(path):
+        raise SurgeryError(f"Checkpoint '{path}' does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors of arbitrary files
+        raise SurgeryError(
+            f"'{path}' is not a Detectron2 checkpoint that torch.load can read ({e}).") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise SurgeryError(
+            f"'{path}' is not a Detectron2 checkpoint: expected a dict with a 'model' state dict "
+            "(as tools/train_net.py writes model_*.pth files).")
+    return ckpt
+
+
+def _num_classes(model):
+    """Foreground classes of a checkpoint, from its class-specific layers (None if unknown)."""
+    for key, value in model.items():
+        if MASK_PREDICTOR.match(key) and key.endswith("weight") and value.shape[0] > 1:
+            return value.shape[0]
+    for key, value in model.items():
+        if BOX_REGRESSION.match(key) and key.endswith("bias") and value.shape[0] > 4:
+            return value.shape[0] // 4
+    return None
+
+
+def checkpoint_surgery(ckpt, method, num_classes=None):
+    """Apply ``method`` ("remove" or "reset") to a loaded checkpoint.
+
+    Args:
+        ckpt (dict): a Detectron2 checkpoint with a "model" state dict.
+        num_classes (int or None): the class count of stage two, if it differs.
+    Returns:
+        (new checkpoint {"model": ...}, report dict with "removed", "kept", "dropped_state").
+    """
+    if method not in ("remove", "reset"):
+        raise SurgeryError(f"Unknown surgery method {method!r}; use 'remove' or 'reset'.")
+    model = ckpt["model"]
+    classifier = [k for k in model if CLASSIFIER.match(k)]
+    if not classifier:
+        raise SurgeryError(
+            "The checkpoint has no classifier keys (roi_heads.box_predictor[.k].cls_score.*): "
+            "it is not an R-CNN with a box predictor, or the classifier was removed already.")
+    drop = set(k for k in model if LOSS_STATE.match(k))
+    if method == "remove":
+        drop |= set(classifier)
+    old_classes = _num_classes(model)
+    if num_classes is not None:
+        for k, v in model.items():
+            # the classifier's width depends on the loss, so trust the other layers' count
+            if CLASSIFIER.match(k) and old_classes != num_classes:
+                drop.add(k)
+            if MASK_PREDICTOR.match(k) and v.shape[0] != num_classes:
+                drop.add(k)
+            if BOX_REGRESSION.match(k) and v.shape[0] > 4 and v.shape[0] != 4 * num_classes:
+                drop.add(k)
+    new_model = {k: v for k, v in model.items() if k not in drop}
+    report = {
+        "removed": sorted(drop),
+        "kept": len(new_model),
+        "dropped_state": sorted(k for k in ckpt if k != "model"),
+        "classes": (old_classes, num_classes),
+    }
+    return {"model": new_model}, report
+
+
+def save_checkpoint(ckpt, path, overwrite=False):
+    """Write ``ckpt`` to ``path`` atomically (a temporary file, then a rename).
+
+    Refuses to replace an existing file unless ``overwrite``; a failure leaves no partial file.
+    """
+    if os.path.exists(path) and not overwrite:
+        raise SurgeryError(f"'{path}' exists; pass --overwrite (or choose another --out).")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".surgery-", suffix=".pth", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def default_output_path(ckpt_path, method):
+    """``<folder>/model_reset_<method>.pth`` beside the input (the eqlv2 repository's names)."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"model_reset_{method}.pth")

@@ -1,0 +1,81 @@
+# Copyright (c) lt_d2 contributors.
+"""Stage-two freezing: only the parameters ``MODEL.LT.TRAINABLE`` names get gradients."""
+import fnmatch
+import logging
+import os
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.utils.file_io import PathManager
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def matches(name, pattern):
+    """A parameter name matches a pattern that equals it, is a dotted prefix of it
+    ("roi_heads.box_predictor.cls_score"), or matches it as a glob ("*.cls_score.*")."""
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def freeze_all_but(model, patterns):
+    """Freeze every parameter of ``model`` that no pattern matches; returns the trainable names.
+
+    Batch-norm layers whose parameters are all frozen become ``FrozenBatchNorm2d``, so their
+    running statistics stay as loaded. Raises ValueError for a pattern that matches nothing.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [p for p in patterns if not any(matches(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"MODEL.LT.TRAINABLE patterns {unmatched} match no parameter of the model. Parameter "
+            f"names look like: {', '.join(names[:3])}, ..., {names[-1]}.")
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(matches(name, p) for p in patterns))
+        if param.requires_grad:
+            trainable.append(name)
+    _freeze_batchnorm(model)
+    logger.info("Stage two: %d of %d parameter tensors train: %s", len(trainable), len(names),
+                ", ".join(trainable))
+    return trainable
+
+
+def _freeze_batchnorm(module):
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in child.parameters()):
+            setattr(module, name, FrozenBatchNorm2d.convert_frozen_batchnorm(child))
+        else:
+            _freeze_batchnorm(child)
+
+
+def check_weights_fit(model, weights_path):
+    """Raise ValueError if the checkpoint at ``weights_path`` lacks a frozen tensor of ``model``
+    (parameters, batch-norm statistics) or holds it with another shape: frozen layers would keep
+    random values. Loss statistics (``cls_loss.*``) may be absent: stage two starts them anew."""
+    if not weights_path.endswith(".pth"):
+        return  # model-zoo / caffe2 formats: detectron2 converts their names while loading
+    local = PathManager.get_local_path(weights_path)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS '{weights_path}' does not exist. Stage two loads the stage-one "
+            "checkpoint after `python tools/ckpt_surgery.py --ckpt-path ... --method remove|reset`.")
+    state = torch.load(local, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, mismatched = [], []
+    for name, param in model.state_dict().items():
+        if name in trainable or ".cls_loss." in name or name.endswith("num_batches_tracked"):
+            continue
+        if name not in state:
+            missing.append(name)
+        elif tuple(state[name].shape) != tuple(param.shape):
+            mismatched.append(f"{name} {tuple(state[name].shape)} vs {tuple(param.shape)}")
+    if missing or mismatched:
+        raise ValueError(
+            f"MODEL.WEIGHTS '{weights_path}' does not fit the frozen part of the model: "
+            f"{len(missing)} frozen parameters are missing (e.g. {missing[:3]}) and "
+            f"{len(mismatched)} have another shape (e.g. {mismatched[:3]}). Use the stage-one "
+            "checkpoint of this architecture (after tools/ckpt_surgery.py), or add the layers "
+            "to MODEL.LT.TRAINABLE.")

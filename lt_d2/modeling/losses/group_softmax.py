@@ -1,0 +1,137 @@
+# Copyright (c) lt_d2 contributors.
+"""Balanced group softmax (BAGS, Li et al., CVPR 2020), as in the EQLv2 authors' port."""
+import bisect
+
+import torch
+from detectron2.config import configurable
+from torch.nn import functional as F
+
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+
+
+def class_groups(instance_count, bin_split=(10, 100, 1000)):
+    """Group of each class by training instances: bisect_right(bin_split, count), i.e.
+    <10, 10-99, 100-999, >=1000 for the default split. Returns a list of (K,) group ids."""
+    return [bisect.bisect_right(bin_split, int(n)) for n in instance_count]
+
+
+class GroupLayout:
+    """Logit columns of the group softmax: each non-empty foreground group g holds
+    [others, its classes in id order]; the last group is [foreground, background].
+    In all K + 1 + G columns for G groups (background group included)."""
+
+    def __init__(self, groups):
+        self.num_classes = len(groups)
+        self.groups = sorted(set(groups))
+        self.columns, self.class_column, offset = [], torch.zeros(len(groups), dtype=torch.long), 0
+        for g in self.groups:
+            members = [c for c, cg in enumerate(groups) if cg == g]
+            self.columns.append((offset, torch.tensor(members)))
+            self.class_column[members] = torch.arange(offset + 1, offset + 1 + len(members))
+            offset += len(members) + 1
+        self.bg_offset = offset
+        self.num_logits = offset + 2
+
+
+def group_softmax_loss(logits, gt_classes, layout, others_ratio=8.0):
+    """sum_g sum_i w_gi CE(z_g,i, l_gi) / max(sum_i w_gi, 1).
+
+    In a foreground group, RoIs of its classes are labelled by their position (1..n_g) and all
+    others 0 ("others"); a group with no such RoI gets no loss, otherwise its RoIs plus
+    int(others_ratio * #RoIs) randomly chosen others (all if fewer) count. In the background
+    group every RoI counts, labelled 1 for background and 0 for foreground.
+    """
+    num_classes = layout.num_classes
+    is_fg = gt_classes < num_classes
+    loss = logits.sum() * 0.0
+    class_column = layout.class_column.to(logits.device)
+    for offset, members in layout.columns:
+        n_g = len(members)
+        group_logits = logits[:, offset: offset + n_g + 1]
+        column = torch.where(is_fg, class_column[gt_classes.clamp(max=num_classes - 1)], -1)
+        in_group = (column > offset) & (column <= offset + n_g)
+        num_in = int(in_group.sum())
+        if num_in == 0:
+            continue
+        labels = torch.where(in_group, column - offset, torch.zeros_like(column))
+        others = torch.nonzero(~in_group).flatten()
+        keep = in_group.clone()
+        keep[others[torch.randperm(len(others), device=logits.device)[:int(others_ratio * num_in)]]] = True
+        ce = F.cross_entropy(group_logits[keep], labels[keep], reduction="sum")
+        loss = loss + ce / max(int(keep.sum()), 1)
+    bg_logits = logits[:, layout.bg_offset: layout.bg_offset + 2]
+    loss = loss + F.cross_entropy(bg_logits, (~is_fg).long(), reduction="sum") / max(len(gt_classes), 1)
+    return loss
+
+
+def group_softmax_probs(logits, layout, normalize=True):
+    """(R, K+1) scores: q_c = softmax within c's group at c's position; p_bg = P(background).
+
+    The official merge is p_c = q_c P(foreground), whose rows do not sum to 1 (each group adds
+    up to 1 - P(others)). With ``normalize`` the q_c are divided by their sum first, so that
+    p_c = P(foreground) q_c / sum q and every row is a distribution; the ranking of classes
+    within a RoI is the same either way.
+    """
+    bg = logits[:, layout.bg_offset: layout.bg_offset + 2].softmax(dim=1)
+    probs = logits.new_zeros(logits.shape[0], layout.num_classes + 1)
+    for offset, members in layout.columns:
+        group = logits[:, offset: offset + len(members) + 1].softmax(dim=1)
+        probs[:, members.to(logits.device)] = group[:, 1:]
+    if normalize:
+        probs[:, :-1] /= probs[:, :-1].sum(dim=1, keepdim=True).clamp(min=1e-12)
+    probs[:, :-1] *= bg[:, :1]
+    probs[:, -1] = bg[:, 1]
+    return probs
+
+
+@CLS_LOSS_REGISTRY.register()
+class GroupSoftmaxLoss(LTClassificationLoss):
+    """BAGS: classes grouped by training instances, a softmax per group with an "others"
+    category, and a foreground/background group.
+
+    Args:
+        num_classes (int): K. instance_count (sequence or None): (K,) training instances.
+        bin_split (tuple): group boundaries on instance counts (10, 100, 1000).
+        others_ratio (float): "others" RoIs kept per in-group RoI (beta = 8).
+        normalize_scores (bool): see :func:`group_softmax_probs` (False: the official merge).
+
+    ``forward(logits (R, K+1+G), gt_classes (R,)) -> scalar``. Scores: within-group softmax
+    times P(foreground).
+    """
+
+    @configurable
+    def __init__(self, *, num_classes, instance_count=None, bin_split=(10, 100, 1000),
+                 others_ratio=8.0, normalize_scores=True):
+        super().__init__(num_classes)
+        self.bin_split, self.others_ratio = tuple(bin_split), others_ratio
+        self.normalize_scores = normalize_scores
+        self.layout = None
+        if instance_count is not None:
+            self.layout = GroupLayout(class_groups(instance_count, self.bin_split))
+
+    @classmethod
+    def from_config(cls, cfg, num_classes):
+        stats = train_class_stats(cfg)
+        c = cfg.MODEL.LT.BAGS
+        return {
+            "num_classes": num_classes,
+            "instance_count": None if stats is None else stats.instance_count,
+            "bin_split": c.BIN_SPLIT, "others_ratio": c.OTHERS_RATIO,
+            "normalize_scores": c.NORMALIZE_SCORES,
+        }
+
+    @property
+    def num_logits(self):
+        return require(self.layout, "per-class instance counts").num_logits
+
+    def forward(self, logits, gt_classes):
+        layout = require(self.layout, "per-class instance counts")
+        return group_softmax_loss(logits, gt_classes, layout, self.others_ratio)
+
+    def probs(self, logits):
+        return group_softmax_probs(logits, require(self.layout, "per-class instance counts"),
+                                   self.normalize_scores)
+
+    def extra_repr(self):
+        return f"num_classes={self.num_classes}, bin_split={self.bin_split}, " \
+               f"others_ratio={self.others_ratio}"
