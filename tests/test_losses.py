@@ -332,3 +332,19 @@ def test_sigmoid_losses_gradients_match_autograd_bce():
     (F.binary_cross_entropy_with_logits(ref_logits, F.one_hot(labels, K + 1).float(),
                                         reduction="sum") / 9).backward()
     assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)
+
+
+def test_loss_benchmark_builds_every_registered_loss():
+    import importlib.util
+    import os
+
+    from lt_d2.modeling.losses import CLS_LOSS_REGISTRY
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "tools", "benchmark_losses.py")
+    spec = importlib.util.spec_from_file_location("benchmark_losses", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stats = bench.lvis_like_stats(30)
+    for name, _ in CLS_LOSS_REGISTRY:
+        loss_fn = bench.build_loss(name, 30, stats)
+        assert loss_fn(torch.randn(8, loss_fn.num_logits), torch.randint(0, 31, (8,))) is not None

@@ -32,7 +32,8 @@ def lvis_like_stats(num_classes, seed=0):
     rng = np.random.default_rng(seed)
     counts = np.round(np.exp(rng.uniform(0, np.log(20000), num_classes))).astype(np.int64)
     freq = np.where(counts <= 10, "r", np.where(counts <= 100, "c", "f"))
-    return {"image_count": counts, "num_images": 100000, "frequency": freq}
+    return {"image_count": counts, "instance_count": counts * 3, "num_images": 100000,
+            "frequency": freq}
 
 
 def build_loss(name, num_classes, stats):
@@ -42,6 +43,7 @@ def build_loss(name, num_classes, stats):
         "EQLLoss": {"image_count": stats["image_count"], "num_images": stats["num_images"],
                     "lambda_": 0.0011},
         "ACSLLoss": {"frequency": stats["frequency"]},
+        "GroupSoftmaxLoss": {"instance_count": stats["instance_count"]},
         "DistributionBalancedLoss": {"class_freq": stats["image_count"],
                                      "num_samples": stats["num_images"]},
     }.get(name, {})
