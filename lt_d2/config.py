@@ -88,6 +88,21 @@ def add_lt_model_config(cfg):
     # merge, group softmax times P(foreground), whose rows sum to more than 1).
     cfg.MODEL.LT.BAGS.NORMALIZE_SCORES = True
 
+    cfg.MODEL.LT.HALLUCINATION = CN()
+    # Add BACL's hallucinated features to the classification loss (LTROIHeads; the loss must keep
+    # a confusion matrix, i.e. FCBLoss). Off: the ROI heads own no hallucinator (same keys).
+    cfg.MODEL.LT.HALLUCINATION.ENABLED = False
+    # Registry name of the hallucinator.
+    cfg.MODEL.LT.HALLUCINATION.NAME = "FeatureHallucinator"
+    # BACL's feature hallucination module (lt_d2/modeling/hallucination.py): EMA weight of a new
+    # batch's per-class feature mean / variance (the official decay ratio 0.1).
+    cfg.MODEL.LT.HALLUCINATION.MOMENTUM = 0.1
+    # Classes drawn per iteration (probability ~ 1 - accuracy) and features sampled per class.
+    cfg.MODEL.LT.HALLUCINATION.NUM_CLASSES = 8
+    cfg.MODEL.LT.HALLUCINATION.NUM_PER_CLASS = 12
+    # Compute the statistics over all processes, so every rank holds the same (official: False).
+    cfg.MODEL.LT.HALLUCINATION.SYNC_STATS = True
+
     cfg.MODEL.LT.FCBL = CN()
     # Margin scale alpha of m_ij = alpha log(cm[y, j] / cm[j, y]) (BACL configs: 0.85).
     cfg.MODEL.LT.FCBL.ALPHA = 0.85
@@ -103,6 +118,23 @@ def add_lt_data_config(cfg):
     # floor(r) + 1[U < frac(r)] per epoch) or "ceil" (mmdetection's ClassBalancedDataset:
     # ceil(r) copies, as the mmdetection-based published results used).
     cfg.DATALOADER.LT.REPEAT_ROUNDING = "stochastic"
+
+
+def add_lt_input_config(cfg):
+    cfg.INPUT.LT = CN()
+    cfg.INPUT.LT.LSJ = CN()
+    # Large-scale jitter for training (BACL's representation stage): resize to a random scale in
+    # [MIN_SCALE, MAX_SCALE] of IMAGE_SIZE, crop / pad to IMAGE_SIZE x IMAGE_SIZE, flip.
+    # Replaces INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN when on. Needs segmentation annotations.
+    cfg.INPUT.LT.LSJ.ENABLED = False
+    cfg.INPUT.LT.LSJ.IMAGE_SIZE = 1280
+    cfg.INPUT.LT.LSJ.MIN_SCALE = 0.8
+    cfg.INPUT.LT.LSJ.MAX_SCALE = 1.25
+    cfg.INPUT.LT.COPY_PASTE = CN()
+    # Simple copy-paste on top of large-scale jitter: objects of a random other training image
+    # are pasted over each image (at most MAX_NUM_PASTED; BACL: 100).
+    cfg.INPUT.LT.COPY_PASTE.ENABLED = False
+    cfg.INPUT.LT.COPY_PASTE.MAX_NUM_PASTED = 100
 
 
 def add_detectron2_main_keys(cfg):
@@ -126,5 +158,7 @@ def add_lt_config(cfg):
         add_lt_model_config(cfg)
     if "LT" not in cfg.DATALOADER:
         add_lt_data_config(cfg)
+    if "LT" not in cfg.INPUT:
+        add_lt_input_config(cfg)
     add_detectron2_main_keys(cfg)
     return cfg

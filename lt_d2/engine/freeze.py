@@ -53,7 +53,7 @@ def _freeze_batchnorm(module):
 def check_weights_fit(model, weights_path):
     """Raise ValueError if the checkpoint at ``weights_path`` lacks a frozen tensor of ``model``
     (parameters, batch-norm statistics) or holds it with another shape: frozen layers would keep
-    random values. Loss statistics (``cls_loss.*``) may be absent: stage two starts them anew."""
+    random values. Other buffers (loss and hallucination statistics) start anew in stage two."""
     if not weights_path.endswith(".pth"):
         return  # model-zoo / caffe2 formats: detectron2 converts their names while loading
     local = PathManager.get_local_path(weights_path)
@@ -63,11 +63,14 @@ def check_weights_fit(model, weights_path):
             "checkpoint after `python tools/ckpt_surgery.py --ckpt-path ... --method remove|reset`.")
     state = torch.load(local, map_location="cpu", weights_only=True)
     state = state.get("model", state)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    required = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    for module_name, module in model.named_modules():
+        if isinstance(module, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm)):
+            for buf_name, buf in module.named_buffers(recurse=False):
+                if buf_name != "num_batches_tracked":
+                    required[f"{module_name}.{buf_name}"] = buf
     missing, mismatched = [], []
-    for name, param in model.state_dict().items():
-        if name in trainable or ".cls_loss." in name or name.endswith("num_batches_tracked"):
-            continue
+    for name, param in required.items():
         if name not in state:
             missing.append(name)
         elif tuple(state[name].shape) != tuple(param.shape):
@@ -75,7 +78,7 @@ def check_weights_fit(model, weights_path):
     if missing or mismatched:
         raise ValueError(
             f"MODEL.WEIGHTS '{weights_path}' does not fit the frozen part of the model: "
-            f"{len(missing)} frozen parameters are missing (e.g. {missing[:3]}) and "
+            f"{len(missing)} frozen tensors are missing (e.g. {missing[:3]}) and "
             f"{len(mismatched)} have another shape (e.g. {mismatched[:3]}). Use the stage-one "
             "checkpoint of this architecture (after tools/ckpt_surgery.py), or add the layers "
             "to MODEL.LT.TRAINABLE.")

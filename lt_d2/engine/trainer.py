@@ -14,6 +14,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 
 from ..data import build_training_sampler, check_dataset_files
+from ..data.copy_paste import CopyPasteDatasetMapper
 from .freeze import check_weights_fit, freeze_all_but
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class LTTrainer(DefaultTrainer):
 
     * builds the training sampler from lt_d2's sampler registry (``DATALOADER.SAMPLER_TRAIN``);
     * evaluates LVIS-format datasets with ``LVISEvaluator`` and others with ``COCOEvaluator``;
+    * maps training images with large-scale jitter / copy-paste when ``INPUT.LT`` asks for it;
     * checks datasets, device and ``NUM_CLASSES`` before it spends time training;
     * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else and checks that
       ``MODEL.WEIGHTS`` holds every frozen tensor.
@@ -90,7 +92,14 @@ class LTTrainer(DefaultTrainer):
         )
         check_num_classes(cfg, cfg.DATASETS.TRAIN[0])
         sampler = build_training_sampler(cfg, dataset_dicts)
-        return build_detection_train_loader(cfg, dataset=dataset_dicts, sampler=sampler)
+        mapper = None  # detectron2's DatasetMapper
+        if cfg.INPUT.LT.COPY_PASTE.ENABLED and not cfg.INPUT.LT.LSJ.ENABLED:
+            raise ValueError("INPUT.LT.COPY_PASTE needs INPUT.LT.LSJ.ENABLED True (pasting "
+                             "needs images of one fixed size).")
+        if cfg.INPUT.LT.LSJ.ENABLED:
+            mapper = CopyPasteDatasetMapper(cfg, dataset_dicts)
+        return build_detection_train_loader(cfg, dataset=dataset_dicts, sampler=sampler,
+                                            mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

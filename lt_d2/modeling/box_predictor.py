@@ -88,6 +88,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_score = build_classifier(
                 classifier, self.cls_score.in_features, self.cls_loss.num_logits, cosine_scale)
         self.cls_loss.init_classifier_(self.cls_score)
+        # (logits, labels) of extra samples for the classification loss only, set by the ROI
+        # heads for one step (BACL's hallucinated features); None otherwise
+        self.extra_classification = None
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -120,7 +123,12 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
-        cls_losses = self.cls_loss(scores, gt_classes)
+        cls_scores, cls_gt = scores, gt_classes
+        if self.extra_classification is not None:
+            extra_logits, extra_labels = self.extra_classification
+            cls_scores = torch.cat([scores, extra_logits])
+            cls_gt = torch.cat([gt_classes, extra_labels])
+        cls_losses = self.cls_loss(cls_scores, cls_gt)
         losses = dict(cls_losses) if isinstance(cls_losses, dict) else {"loss_cls": cls_losses}
         losses["loss_box_reg"] = self.box_reg_loss(
             proposal_boxes, gt_boxes, proposal_deltas, gt_classes)

@@ -5,15 +5,44 @@ Select them with ``MODEL.ROI_HEADS.NAME: LTROIHeads`` (or ``LTCascadeROIHeads``)
 long-tail option off they are numerically identical to detectron2's ``StandardROIHeads`` /
 ``CascadeROIHeads``: same parameters and checkpoint keys, same losses and outputs.
 """
+import torch
+from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+from detectron2.structures import Boxes
 
 from .box_predictor import replace_box_predictor
+from .hallucination import HALLUCINATOR_REGISTRY, jitter_boxes
 
 
 @ROI_HEADS_REGISTRY.register()
 class LTROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` with lt_d2's box predictor."""
+    """``StandardROIHeads`` with lt_d2's box predictor and, optionally, BACL's hallucinator.
+
+    With ``box_hallucinator`` (``MODEL.LT.HALLUCINATION.ENABLED``), every training step
+    (1) pools box-head features of 16 jittered copies of each ground-truth box and folds them
+    into per-class statistics, (2) draws classes by 1 - accuracy (the diagonal of the loss's
+    confusion matrix) and samples features for them, and (3) passes those through the classifier
+    into the classification loss, beside the RoIs. Only the classifier sees their gradient.
+    """
+
+    @configurable
+    def __init__(self, *, box_hallucinator=None, **kwargs):
+        super().__init__(**kwargs)
+        if box_hallucinator is not None:
+            if not hasattr(self.box_predictor.cls_loss, "confusion"):
+                raise ValueError("MODEL.LT.HALLUCINATION needs a loss with a confusion matrix: "
+                                 "set MODEL.LT.CLS_LOSS FCBLoss.")
+            self.box_hallucinator = box_hallucinator
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        if cfg.MODEL.LT.HALLUCINATION.ENABLED:
+            ret["box_hallucinator"] = HALLUCINATOR_REGISTRY.get(cfg.MODEL.LT.HALLUCINATION.NAME)(
+                cfg, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                feature_dim=ret["box_head"].output_shape.channels)
+        return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -22,6 +51,29 @@ class LTROIHeads(StandardROIHeads):
             cfg, ret["box_predictor"], ret["box_head"].output_shape
         )
         return ret
+
+    def forward(self, images, features, proposals, targets=None):
+        if self.training and hasattr(self, "box_hallucinator"):
+            logits, labels = self.hallucinated_logits(features, targets)
+            self.box_predictor.extra_classification = (logits, labels)
+        try:
+            return super().forward(images, features, proposals, targets)
+        finally:
+            self.box_predictor.extra_classification = None
+
+    def hallucinated_logits(self, features, targets):
+        """Update the hallucinator with jittered ground truth; return classifier logits and
+        labels of the hallucinated features."""
+        with torch.no_grad():
+            feature_maps = [features[f] for f in self.box_in_features]
+            boxes = [Boxes(jitter_boxes(t.gt_boxes.tensor, t.image_size)) for t in targets]
+            pooled = self.box_head(self.box_pooler(feature_maps, boxes))
+            labels = torch.cat([t.gt_classes.repeat_interleave(16) for t in targets])
+            self.box_hallucinator.update(pooled.flatten(1), labels)
+            accuracy = self.box_predictor.cls_loss.confusion.diagonal()
+            classes = self.box_hallucinator.sample_classes(accuracy)
+            fake, fake_labels = self.box_hallucinator.hallucinate(classes)
+        return self.box_predictor.cls_score(fake), fake_labels
 
 
 @ROI_HEADS_REGISTRY.register()
