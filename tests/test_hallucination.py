@@ -153,3 +153,16 @@ def test_hallucination_needs_a_confusion_matrix():
     cfg.MODEL.LT.HALLUCINATION.ENABLED = True
     with pytest.raises(ValueError, match="FCBLoss"):
         build_roi_heads(cfg, {"res4": ShapeSpec(channels=8, stride=16)})
+
+
+def test_cascade_refuses_hallucination():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    from .test_box_predictor import _cfg, setup_module
+
+    setup_module()
+    cfg = _cfg("FCBLoss", "cascade")
+    cfg.MODEL.LT.HALLUCINATION.ENABLED = True
+    with pytest.raises(ValueError, match="not for LTCascadeROIHeads"):
+        build_roi_heads(cfg, {"res4": ShapeSpec(channels=8, stride=16)})

@@ -81,6 +81,13 @@ class LTCascadeROIHeads(CascadeROIHeads):
     """``CascadeROIHeads`` with lt_d2's box predictor in every stage."""
 
     @classmethod
+    def from_config(cls, cfg, input_shape):
+        if cfg.MODEL.LT.HALLUCINATION.ENABLED:
+            raise ValueError("MODEL.LT.HALLUCINATION is implemented for LTROIHeads (Faster / Mask "
+                             "R-CNN, as BACL), not for LTCascadeROIHeads.")
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictors"] = [
