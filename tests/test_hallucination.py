@@ -142,27 +142,23 @@ def test_roi_heads_feed_hallucinated_features_to_the_classifier_only():
     assert roi_heads.box_predictor.cls_loss.num_gt.sum() > 2 * 2
 
 
-def test_hallucination_needs_a_confusion_matrix():
+def _build_heads(loss, arch):
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.roi_heads import build_roi_heads
 
     from .test_box_predictor import _cfg, setup_module
 
     setup_module()
-    cfg = _cfg("SigmoidCE", "faster")
+    cfg = _cfg(loss, arch)
     cfg.MODEL.LT.HALLUCINATION.ENABLED = True
+    return build_roi_heads(cfg, {"res4": ShapeSpec(channels=8, stride=16)})
+
+
+def test_hallucination_needs_a_confusion_matrix():
     with pytest.raises(ValueError, match="FCBLoss"):
-        build_roi_heads(cfg, {"res4": ShapeSpec(channels=8, stride=16)})
+        _build_heads("SigmoidCE", "faster")
 
 
 def test_cascade_refuses_hallucination():
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling.roi_heads import build_roi_heads
-
-    from .test_box_predictor import _cfg, setup_module
-
-    setup_module()
-    cfg = _cfg("FCBLoss", "cascade")
-    cfg.MODEL.LT.HALLUCINATION.ENABLED = True
     with pytest.raises(ValueError, match="not for LTCascadeROIHeads"):
-        build_roi_heads(cfg, {"res4": ShapeSpec(channels=8, stride=16)})
+        _build_heads("FCBLoss", "cascade")

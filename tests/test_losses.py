@@ -250,6 +250,7 @@ def test_fcbl_margins_weights_and_confusion_update():
     assert loss_fn.num_gt.tolist() == [1, 0]
     assert torch.allclose(loss_fn.cm_numerator[0], torch.tensor([0.5, 0.5]))
     assert torch.allclose(loss_fn.confusion[0], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(loss_fn.per_class_accuracy(), loss_fn.confusion.diagonal())
 
 
 # ---- state ------------------------------------------------------------------------------------

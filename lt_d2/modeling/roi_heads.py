@@ -30,7 +30,7 @@ class LTROIHeads(StandardROIHeads):
     def __init__(self, *, box_hallucinator=None, **kwargs):
         super().__init__(**kwargs)
         if box_hallucinator is not None:
-            if not hasattr(self.box_predictor.cls_loss, "confusion"):
+            if not hasattr(self.box_predictor.cls_loss, "per_class_accuracy"):
                 raise ValueError("MODEL.LT.HALLUCINATION needs a loss with a confusion matrix: "
                                  "set MODEL.LT.CLS_LOSS FCBLoss.")
             self.box_hallucinator = box_hallucinator
@@ -70,7 +70,7 @@ class LTROIHeads(StandardROIHeads):
             pooled = self.box_head(self.box_pooler(feature_maps, boxes))
             labels = torch.cat([t.gt_classes.repeat_interleave(16) for t in targets])
             self.box_hallucinator.update(pooled.flatten(1), labels)
-            accuracy = self.box_predictor.cls_loss.confusion.diagonal()
+            accuracy = self.box_predictor.cls_loss.per_class_accuracy()
             classes = self.box_hallucinator.sample_classes(accuracy)
             fake, fake_labels = self.box_hallucinator.hallucinate(classes)
         return self.box_predictor.cls_score(fake), fake_labels

@@ -96,6 +96,10 @@ class FCBLoss(LTClassificationLoss):
     def confusion(self):
         return self.cm_numerator / self.num_gt.clamp(min=1)[:, None]
 
+    def per_class_accuracy(self):
+        """(K,) the confusion matrix's diagonal, without forming the (K, K) matrix."""
+        return self.cm_numerator.diagonal() / self.num_gt.clamp(min=1)
+
     def forward(self, logits, gt_classes):
         loss = fcbl_loss(logits, gt_classes, self.cm_numerator, self.num_gt, self.alpha,
                          self.prob_thresh, self.reweight)
