@@ -20,8 +20,6 @@ class CosineLinear(nn.Linear):
     def __init__(self, in_features, out_features, scale=20.0, eps=1e-6):
         super().__init__(in_features, out_features)
         self.scale, self.eps = scale, eps
-        nn.init.normal_(self.weight, std=0.01)
-        nn.init.constant_(self.bias, 0)
 
     def forward(self, x):
         x = x / (x.norm(dim=1, keepdim=True) + self.eps)
@@ -39,8 +37,6 @@ class LWSLinear(nn.Linear):
 
     def __init__(self, in_features, out_features):
         super().__init__(in_features, out_features)
-        nn.init.normal_(self.weight, std=0.01)
-        nn.init.constant_(self.bias, 0)
         self.scales = nn.Parameter(torch.ones(out_features, 1))
 
     def forward(self, x):
@@ -48,16 +44,18 @@ class LWSLinear(nn.Linear):
 
 
 def build_classifier(kind, in_features, out_features, cosine_scale=20.0):
+    """The classifier layer ``kind``, initialised as detectron2's cls_score (N(0, 0.01), 0)."""
     if kind == "linear":
         layer = nn.Linear(in_features, out_features)
-        nn.init.normal_(layer.weight, std=0.01)  # as detectron2's cls_score
-        nn.init.constant_(layer.bias, 0)
-        return layer
-    if kind == "cosine":
-        return CosineLinear(in_features, out_features, cosine_scale)
-    if kind == "lws":
-        return LWSLinear(in_features, out_features)
-    raise ValueError(f"Unknown MODEL.LT.CLASSIFIER={kind!r}; use 'linear', 'cosine' or 'lws'.")
+    elif kind == "cosine":
+        layer = CosineLinear(in_features, out_features, cosine_scale)
+    elif kind == "lws":
+        layer = LWSLinear(in_features, out_features)
+    else:
+        raise ValueError(f"Unknown MODEL.LT.CLASSIFIER={kind!r}; use 'linear', 'cosine' or 'lws'.")
+    nn.init.normal_(layer.weight, std=0.01)
+    nn.init.constant_(layer.bias, 0)
+    return layer
 
 
 class LTFastRCNNOutputLayers(FastRCNNOutputLayers):

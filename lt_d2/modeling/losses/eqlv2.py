@@ -7,16 +7,14 @@ from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
 from .utils import all_reduce_sum_, one_hot, sigmoid_with_objectness, weighted_bce_mean
 
 
-def eqlv2_weights(pos_neg, num_rows, gamma, mu, alpha):
+def eqlv2_weights(pos_neg, gamma, mu, alpha):
     """Negative and positive weights of the K classes from the accumulated ratio g = pos/neg:
     q_neg = 1 / (1 + exp(-gamma (g - mu))), q_pos = 1 + alpha (1 - q_neg); the objectness
-    column gets 1. Returns (pos_w, neg_w), each (num_rows, K+1)."""
+    column gets 1. Returns (pos_w, neg_w), each (K+1,)."""
     q_neg = torch.sigmoid(gamma * (pos_neg - mu))
     q_pos = 1 + alpha * (1 - q_neg)
     one = q_neg.new_ones(1)
-    neg_w = torch.cat([q_neg, one]).expand(num_rows, -1)
-    pos_w = torch.cat([q_pos, one]).expand(num_rows, -1)
-    return pos_w, neg_w
+    return torch.cat([q_pos, one]), torch.cat([q_neg, one])
 
 
 def eqlv2_loss(logits, gt_classes, pos_neg, gamma=12.0, mu=0.8, alpha=4.0):
@@ -29,10 +27,10 @@ def eqlv2_loss(logits, gt_classes, pos_neg, gamma=12.0, mu=0.8, alpha=4.0):
         (loss, targets, weights); the caller accumulates gradients with the last two.
     """
     targets = one_hot(gt_classes, logits.shape[1])
-    pos_w, neg_w = eqlv2_weights(pos_neg, 1, gamma, mu, alpha)
+    pos_w, neg_w = eqlv2_weights(pos_neg, gamma, mu, alpha)
     # q_neg everywhere, q_pos at the label: q_pos y + q_neg (1 - y) with one allocation
     weights = neg_w.expand(logits.shape[0], -1).clone()
-    weights.scatter_(1, gt_classes[:, None], pos_w[0, gt_classes][:, None])
+    weights.scatter_(1, gt_classes[:, None], pos_w[gt_classes][:, None])
     return weighted_bce_mean(logits, targets, weights), targets, weights
 
 

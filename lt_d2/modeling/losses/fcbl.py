@@ -28,8 +28,7 @@ def fcbl_weights(fg_logits, fg_labels, prob_thresh):
     counts if its score is at least the label's score or at least ``prob_thresh``, and the
     objectness column always counts (scores: sigmoid(z_j)(1 - sigmoid(z_K)))."""
     with torch.no_grad():
-        p = fg_logits.sigmoid()
-        p[:, :-1] *= 1 - p[:, -1:]
+        p = sigmoid_with_objectness(fg_logits)
         label_score = p.gather(1, fg_labels[:, None])
         weights = ((p >= label_score) | (p >= prob_thresh)).float()
         weights[:, -1] = 1

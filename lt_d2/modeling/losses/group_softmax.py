@@ -45,10 +45,11 @@ def group_softmax_loss(logits, gt_classes, layout, others_ratio=8.0):
     is_fg = gt_classes < num_classes
     loss = logits.sum() * 0.0
     class_column = layout.class_column.to(logits.device)
+    # each RoI's logit column (-1 for background), the same for every group
+    column = torch.where(is_fg, class_column[gt_classes.clamp(max=num_classes - 1)], -1)
     for offset, members in layout.columns:
         n_g = len(members)
         group_logits = logits[:, offset: offset + n_g + 1]
-        column = torch.where(is_fg, class_column[gt_classes.clamp(max=num_classes - 1)], -1)
         in_group = (column > offset) & (column <= offset + n_g)
         num_in = int(in_group.sum())
         if num_in == 0:
