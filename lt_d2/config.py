@@ -67,8 +67,18 @@ def add_lt_model_config(cfg):
     cfg.MODEL.LT.DB.FOCAL = True
     cfg.MODEL.LT.DB.FOCAL_GAMMA = 2.0
     cfg.MODEL.LT.DB.BALANCE = 2.0
-    # Apply the re-balanced weights (off: every element weighs 1).
-    cfg.MODEL.LT.DB.REBALANCE = True
+    # Per-element weight: "rebalance" (the map above), "inv" (N_train / n_i), "sqrt_inv" (its
+    # square root), "CB" (class-balanced, (1 - CB_BETA) / (1 - CB_BETA^n)) or "none" (weight 1).
+    # REWEIGHT "none", FOCAL False, NEG_SCALE 1 and INIT_BIAS 0 give plain BCE.
+    cfg.MODEL.LT.DB.REWEIGHT = "rebalance"
+    # Class-balanced weight: beta, and n per class ("by_class") or per sample from its positive
+    # labels ("average_n": mean count, "average_w": mean weight, "min_n": smallest count; a
+    # sample without positives weighs 1 - beta).
+    cfg.MODEL.LT.DB.CB_BETA = 0.9
+    cfg.MODEL.LT.DB.CB_MODE = "average_w"
+    # Normalise the weights: "by_instance" (by their maximum over classes), "by_batch" (by their
+    # maximum over the batch) or "none".
+    cfg.MODEL.LT.DB.WEIGHT_NORM = "none"
     # The official code divides kappa's bias by lambda (a bug its authors confirmed; released
     # numbers include it). True removes the division.
     cfg.MODEL.LT.DB.FIX_INIT_BIAS_BUG = False
@@ -112,12 +122,42 @@ def add_lt_model_config(cfg):
     cfg.MODEL.LT.FCBL.REWEIGHT = True
 
 
+def add_lt_multilabel_config(cfg):
+    cfg.MODEL.LT.MULTILABEL = CN()
+    # MultiLabelClassifier (lt_d2/modeling/multilabel_classifier.py): number of classes, each a
+    # sigmoid output (COCO-MLT 80, VOC-MLT 20).
+    cfg.MODEL.LT.MULTILABEL.NUM_CLASSES = 80
+    # Backbone output that the pooled-FC neck reads (ResNet: "res5").
+    cfg.MODEL.LT.MULTILABEL.IN_FEATURE = "res5"
+    # Pooled-FC neck of the DB-loss project: global average pool -> FC to this width -> BN1d ->
+    # dropout with this probability.
+    cfg.MODEL.LT.MULTILABEL.NECK_DIM = 256
+    cfg.MODEL.LT.MULTILABEL.DROPOUT = 0.5
+
+    cfg.INPUT.LT.MULTILABEL = CN()
+    # Multi-label classification input: images are resized to IMAGE_SIZE x IMAGE_SIZE without
+    # keeping the aspect ratio (DB-loss recipe: 224).
+    cfg.INPUT.LT.MULTILABEL.IMAGE_SIZE = 224
+    # Training crop before the resize: width and height drawn in [CROP_MIN_SIZE, 1] of the image
+    # (DB-loss recipe: 0.8); 1.0 disables it.
+    cfg.INPUT.LT.MULTILABEL.CROP_MIN_SIZE = 0.8
+    # Training photometric distortion: brightness, contrast and saturation in [0.5, 1.5], each
+    # applied with probability 0.5.
+    cfg.INPUT.LT.MULTILABEL.PHOTOMETRIC = True
+
+
 def add_lt_data_config(cfg):
     cfg.DATALOADER.LT = CN()
     # Rounding of repeat factors in RepeatFactorTrainingSampler: "stochastic" (detectron2:
     # floor(r) + 1[U < frac(r)] per epoch) or "ceil" (mmdetection's ClassBalancedDataset:
     # ceil(r) copies, as the mmdetection-based published results used).
     cfg.DATALOADER.LT.REPEAT_ROUNDING = "stochastic"
+    # ClassAwareSampler: consecutive images drawn from each drawn class (cRT / LWS: 1; the
+    # DB-loss multi-label recipe: 3).
+    cfg.DATALOADER.LT.CLASS_AWARE_SAMPLES_PER_CLASS = 1
+    # Images per process in one inference batch of MultiLabelClassifier (detectors keep
+    # detectron2's one image per batch).
+    cfg.DATALOADER.LT.MULTILABEL_TEST_BATCH = 32
 
 
 def add_lt_input_config(cfg):
@@ -150,6 +190,18 @@ def add_detectron2_main_keys(cfg):
         cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
 
 
+def is_multilabel(cfg):
+    """Whether ``cfg`` builds lt_d2's multi-label image classifier (not a detector)."""
+    return cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier"
+
+
+def model_num_classes(cfg):
+    """(number of classes, the key that sets it) of the model ``cfg`` builds."""
+    if is_multilabel(cfg):
+        return cfg.MODEL.LT.MULTILABEL.NUM_CLASSES, "MODEL.LT.MULTILABEL.NUM_CLASSES"
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES, "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
 def add_lt_config(cfg):
     """Add every lt_d2 key, with its default, to ``cfg`` (idempotent)."""
     if "TINY_NET" not in cfg.MODEL:
@@ -160,5 +212,7 @@ def add_lt_config(cfg):
         add_lt_data_config(cfg)
     if "LT" not in cfg.INPUT:
         add_lt_input_config(cfg)
+    if "MULTILABEL" not in cfg.MODEL.LT:
+        add_lt_multilabel_config(cfg)
     add_detectron2_main_keys(cfg)
     return cfg

@@ -222,7 +222,7 @@ def test_distribution_balanced_terms_hand_computed():
 def test_distribution_balanced_without_its_parts_is_bce():
     logits, targets = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
     loss = distribution_balanced_loss(logits, targets, torch.tensor([5.0, 9.0, 2.0]), 20, neg_scale=1.0,
-                                      init_bias=0.0, focal=False, rebalance=False)
+                                      init_bias=0.0, focal=False, reweight="none")
     assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits, targets))
 
 

@@ -12,10 +12,11 @@ format, so its federated loss reads our statistics too):
 When a dataset's metadata lacks them, :func:`get_class_stats` computes them from its json.
 """
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,25 @@ def _stats_from_metadata(meta):
     return ClassStats(image_count, instance_count, frequency, num_images)
 
 
+def _compute_class_stats(name, meta):
+    """Put the statistics of dataset ``name`` into its metadata: from its ``class_stats_file``
+    if it has one, else from its annotations."""
+    from .datasets import check_dataset_files, load_lt_json
+    from .multilabel_datasets import class_stats_from_file
+
+    stats_file = meta.get("class_stats_file", None)
+    if stats_file is not None and os.path.isfile(stats_file):
+        logger.info("Reading class statistics of '%s' from %s", name, stats_file)
+        set_class_stats(name, class_stats_from_file(stats_file))
+        return
+    check_dataset_files(name)
+    logger.info("Computing class statistics of '%s' from %s", name, meta.json_file)
+    if meta.get("evaluator_type", None) == "multilabel":
+        DatasetCatalog.get(name)  # its loader stores the statistics
+    else:
+        load_lt_json(meta.json_file, meta.get("image_root", ""), name)
+
+
 def get_class_stats(dataset_names):
     """Class statistics of the union of training datasets ``dataset_names``.
 
@@ -129,11 +149,7 @@ def get_class_stats(dataset_names):
         meta = MetadataCatalog.get(name)
         stats = _stats_from_metadata(meta)
         if stats is None:
-            from .datasets import check_dataset_files, load_lt_json
-
-            check_dataset_files(name)
-            logger.info("Computing class statistics of '%s' from %s", name, meta.json_file)
-            load_lt_json(meta.json_file, meta.get("image_root", ""), name)
+            _compute_class_stats(name, meta)
             stats = _stats_from_metadata(meta)
         total = stats if total is None else total + stats
     return total

@@ -49,7 +49,7 @@ class DatasetFormatError(ValueError):
 def check_dataset_files(dataset_name):
     """Raise FileNotFoundError with the fix if a registered dataset's files are missing."""
     meta = MetadataCatalog.get(dataset_name)
-    for key in ("json_file", "image_root"):
+    for key in ("json_file", "image_root", "image_ids_file"):
         path = meta.get(key, None)
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(
@@ -224,8 +224,11 @@ def _reregister_builtin_lvis():
 
 
 def register_all_builtin(root=None):
+    from .multilabel_datasets import register_all_multilabel
+
     root = datasets_root() if root is None else root
     _reregister_builtin_lvis()
+    register_all_multilabel(root)
     for name, (image_root, json_file) in SYNTHETIC_SPLITS.items():
         if name in DatasetCatalog.list():
             continue

@@ -16,6 +16,8 @@ from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 from torch.utils.data.sampler import Sampler
 
+from ..config import model_num_classes
+
 logger = logging.getLogger(__name__)
 
 SAMPLER_REGISTRY = Registry("LT_SAMPLER")
@@ -74,7 +76,8 @@ def images_per_class(dataset_dicts, num_classes=None):
 @SAMPLER_REGISTRY.register()
 class ClassAwareSampler(Sampler):
     """Class-aware sampling (Shen et al., 2016; cRT / LWS stage two): draw a class uniformly,
-    then the next image of that class.
+    then the next image of that class (the next ``samples_per_class`` images: the DB-loss
+    multi-label recipe takes 3).
 
     Classes come from a stream of class permutations; each class cycles through a permutation
     of its images, reshuffled when exhausted. The stream is infinite, depends only on the seed
@@ -82,12 +85,17 @@ class ClassAwareSampler(Sampler):
     detectron2's TrainingSampler. Classes without a training image are skipped (with a warning).
     """
 
-    def __init__(self, class_images, seed=None):
+    def __init__(self, class_images, seed=None, samples_per_class=1):
         """
         Args:
             class_images (list[array]): dataset indices holding each class.
             seed (int or None): shared seed; None draws one shared by all ranks.
+            samples_per_class (int): consecutive images taken from each drawn class.
         """
+        if samples_per_class < 1:
+            raise ValueError(f"DATALOADER.LT.CLASS_AWARE_SAMPLES_PER_CLASS={samples_per_class}: "
+                             "use a positive number.")
+        self._samples_per_class = int(samples_per_class)
         empty = [c for c, imgs in enumerate(class_images) if len(imgs) == 0]
         if empty:
             logger.warning("ClassAwareSampler: %d classes have no training image and are "
@@ -101,7 +109,9 @@ class ClassAwareSampler(Sampler):
 
     @classmethod
     def from_dataset(cls, cfg, dataset_dicts, seed):
-        return cls(images_per_class(dataset_dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES), seed=seed)
+        num_classes, _ = model_num_classes(cfg)
+        return cls(images_per_class(dataset_dicts, num_classes), seed=seed,
+                   samples_per_class=cfg.DATALOADER.LT.CLASS_AWARE_SAMPLES_PER_CLASS)
 
     def __iter__(self):
         yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
@@ -114,11 +124,12 @@ class ClassAwareSampler(Sampler):
         while True:
             for c in torch.randperm(num_classes, generator=g).tolist():
                 images = self._class_images[c]
-                if orders[c] is None or positions[c] == len(images):
-                    orders[c] = images[torch.randperm(len(images), generator=g)].tolist()
-                    positions[c] = 0
-                yield orders[c][positions[c]]
-                positions[c] += 1
+                for _ in range(self._samples_per_class):
+                    if orders[c] is None or positions[c] == len(images):
+                        orders[c] = images[torch.randperm(len(images), generator=g)].tolist()
+                        positions[c] = 0
+                    yield orders[c][positions[c]]
+                    positions[c] += 1
 
 
 def build_training_sampler(cfg, dataset_dicts):

@@ -254,3 +254,20 @@ def generate_synthetic_lt(out_dir, *, seed=0, num_classes=48, max_images=400, mi
         raise
     logger.info("Wrote the synthetic long-tailed dataset to %s", out_dir)
     return out_dir
+
+
+def prepare_generated_dataset(out_dir, generate, force=False):
+    """Run ``generate(out_dir)`` unless ``out_dir`` already holds a complete dataset.
+
+    Returns True if it generated. An incomplete folder (an interrupted run from before the
+    atomic write, or someone else's files) is an error unless ``force``, which rebuilds.
+    """
+    if os.path.exists(out_dir):
+        if not force and os.path.exists(os.path.join(out_dir, COMPLETE_MARKER)):
+            return False
+        if not force:
+            raise FileExistsError(f"{out_dir} exists but is not a complete dataset; remove it or "
+                                  "use --force.")
+        shutil.rmtree(out_dir)
+    generate(out_dir)
+    return True

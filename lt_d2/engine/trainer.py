@@ -1,5 +1,6 @@
 # Copyright (c) lt_d2 contributors.
 """``LTTrainer``: detectron2's ``DefaultTrainer`` with lt_d2's samplers, evaluators and checks."""
+import json
 import logging
 import os
 
@@ -13,8 +14,11 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 
-from ..data import build_training_sampler, check_dataset_files
+from ..config import is_multilabel, model_num_classes
+from ..data import build_training_sampler, check_dataset_files, get_class_stats
 from ..data.copy_paste import CopyPasteDatasetMapper
+from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
+from ..evaluation import MultiLabelEvaluator
 from .freeze import check_weights_fit, freeze_all_but
 
 logger = logging.getLogger(__name__)
@@ -27,13 +31,13 @@ def _has_compiled_ops():
 
 
 def check_num_classes(cfg, dataset_name):
-    """Raise if ``MODEL.ROI_HEADS.NUM_CLASSES`` differs from the dataset's number of classes."""
+    """Raise if the model's number of classes differs from the dataset's."""
     classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-    if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+    num_classes, key = model_num_classes(cfg)
+    if classes is not None and len(classes) != num_classes:
         raise ValueError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset "
-            f"'{dataset_name}' has {len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES "
-            f"{len(classes)} in the config or on the command line."
+            f"{key} is {num_classes} but dataset '{dataset_name}' has {len(classes)} classes. "
+            f"Set {key} {len(classes)} in the config or on the command line."
         )
 
 
@@ -46,6 +50,48 @@ def check_config(cfg):
         )
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         check_dataset_files(name)
+        multilabel_data = MetadataCatalog.get(name).get("evaluator_type", None) == "multilabel"
+        if multilabel_data != is_multilabel(cfg):
+            raise ValueError(
+                f"Dataset '{name}' is a {'multi-label classification' if multilabel_data else 'detection'}"
+                f" dataset but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}. Use "
+                "MultiLabelClassifier with multi-label datasets (coco_mlt_*, voc_mlt_*, "
+                "ml_synthetic_*) and a detector with detection datasets."
+            )
+    if is_multilabel(cfg) and cfg.TEST.AUG.ENABLED:
+        raise ValueError("TEST.AUG (detection test-time augmentation) does not apply to "
+                         "MultiLabelClassifier; set TEST.AUG.ENABLED False.")
+
+
+def write_eval_metrics(output_dir, results):
+    """Append evaluation results to ``output_dir/metrics.json`` as one line of flattened keys
+    ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there."""
+    from detectron2.evaluation.testing import flatten_results_dict
+    from detectron2.utils.file_io import PathManager
+
+    flat = {k: float(v) for k, v in flatten_results_dict(results).items()}
+    if not flat or not output_dir:
+        return
+    PathManager.mkdirs(output_dir)
+    with PathManager.open(os.path.join(output_dir, "metrics.json"), "a") as f:
+        f.write(json.dumps({"eval_only": True, **flat}, sort_keys=True) + "\n")
+
+
+def with_full_model_clipping(optimizer, max_norm, norm_type=2.0):
+    """``optimizer`` whose ``step`` first scales all gradients so that their joint norm is at
+    most ``max_norm`` (torch's ``clip_grad_norm_`` over every parameter, as mmcv's grad_clip;
+    detectron2's "norm" clipping bounds each parameter's norm separately)."""
+    base = type(optimizer)
+
+    class FullModelClipped(base):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelClipped.__name__ = f"FullModelClipped{base.__name__}"
+    optimizer.__class__ = FullModelClipped
+    return optimizer
 
 
 class LTTrainer(DefaultTrainer):
@@ -62,6 +108,19 @@ class LTTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_config(cfg)
         super().__init__(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's optimizer; ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` adds
+        clipping of the norm of all gradients together (the mmdetection recipes' grad_clip)."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+            return super().build_optimizer(cfg, model)
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+        return with_full_model_clipping(super().build_optimizer(cfg, model), clip.CLIP_VALUE,
+                                        clip.NORM_TYPE)
 
     @classmethod
     def build_model(cls, cfg):
@@ -98,13 +157,18 @@ class LTTrainer(DefaultTrainer):
                              "needs images of one fixed size).")
         if cfg.INPUT.LT.LSJ.ENABLED:
             mapper = CopyPasteDatasetMapper(cfg, dataset_dicts)
+        if is_multilabel(cfg):
+            mapper = MultiLabelDatasetMapper(cfg, is_train=True)
         return build_detection_train_loader(cfg, dataset=dataset_dicts, sampler=sampler,
                                             mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files(dataset_name)
-        loader = build_detection_test_loader(cfg, dataset_name)
+        if is_multilabel(cfg):
+            loader = build_multilabel_test_loader(cfg, dataset_name)
+        else:
+            loader = build_detection_test_loader(cfg, dataset_name)
         check_num_classes(cfg, dataset_name)
         return loader
 
@@ -115,13 +179,27 @@ class LTTrainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "lvis":
             return LVISEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "multilabel":
+            return MultiLabelEvaluator(dataset_name, cls._train_image_counts(cfg),
+                                       output_dir=output_folder)
         if evaluator_type == "coco":
             return COCOEvaluator(dataset_name, output_dir=output_folder,
                                  use_fast_impl=_has_compiled_ops())
         raise NotImplementedError(
             f"No evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}'; "
-            "lt_d2 evaluates 'lvis' and 'coco' datasets."
+            "lt_d2 evaluates 'lvis', 'coco' and 'multilabel' datasets."
         )
+
+    @staticmethod
+    def _train_image_counts(cfg):
+        """Training images per class (for head / medium / tail scores), or None if unknown."""
+        if not cfg.DATASETS.TRAIN:
+            return None
+        try:
+            return get_class_stats(list(cfg.DATASETS.TRAIN)).image_count
+        except (FileNotFoundError, ValueError) as e:
+            logger.warning("No head / medium / tail scores: training statistics unavailable (%s)", e)
+            return None
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

@@ -1,0 +1,328 @@
+# Copyright (c) lt_d2 contributors.
+"""Long-tailed multi-label subsets of COCO / VOC (COCO-MLT, VOC-MLT of the Distribution-Balanced
+loss paper, Wu et al., ECCV 2020), drawn from a full multi-label pool.
+
+1. Targets: a Pareto(b=6) density sampled at C evenly spaced points between its 0 and 0.99
+   quantiles and rescaled to ``[min_count, max_count]``; ``targets[k]`` is the number of images
+   wanted for the k-th class of the order below.
+2. Order: class j's score is sum_i P(j | i) over the pool, i.e. how much it is dragged in by the
+   images of every other class. Classes that come along with many others go first, so the classes
+   visited last (the rare tail) are corrected last and end up closest to their targets.
+3. Greedy: for each class in that order, randomly add images containing it (or drop selected
+   ones) until its current image count equals its target. Images carry other labels too, so the
+   final counts of earlier classes drift from their targets; the result is still long-tailed.
+
+Step 3 makes the same random draws as the original script (``random.seed(0)``, ``random.sample``
+on Python sets of pool indices), so on the same pool in the same order and under CPython it
+selects the same images: on VOC 2012 trainval it gives the published 1,142-image VOC-MLT list.
+
+Splits follow the paper: head >= 100 images, medium 20-99, tail < 20 (counted in the subset).
+"""
+import json
+import logging
+import math
+import os
+import random
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+logger = logging.getLogger("lt_d2.data.longtail_subset")  # same name when loaded by file path
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
+DEFAULT_MAX_COUNT = {"coco": 1200, "voc": 800}
+PARETO_TAIL_QUANTILE = 0.99
+OUTPUT_FILES = ("img_id.json", "class_stats.json")
+
+
+class LongTailFormatError(ValueError):
+    """An annotation file or folder that is neither COCO json nor a VOC tree."""
+
+
+class MultiLabelAnnotations(tuple):
+    """Unpacks as ``(image_ids, class_names, labels)``; per-image ``file_names`` (relative to
+    the image folder), ``heights``, ``widths`` (None where the annotation has no size) and the
+    ``source`` path are attributes."""
+
+    def __new__(cls, image_ids, class_names, labels, file_names, heights, widths, source):
+        self = super().__new__(cls, (image_ids, class_names, labels))
+        self.file_names, self.heights, self.widths, self.source = (file_names, heights, widths,
+                                                                   source)
+        return self
+
+    image_ids = property(lambda self: self[0])
+    class_names = property(lambda self: self[1])
+    labels = property(lambda self: self[2])
+
+
+def pareto_targets(num_classes, max_count, min_count=1, shape=6):
+    """Images wanted per class rank: ``int(pdf(x_k) * (max - min) / shape + min)``."""
+    if num_classes < 1 or shape <= 0 or not 0 <= min_count <= max_count:
+        raise ValueError(f"Need num_classes >= 1, shape > 0 and 0 <= min_count <= max_count; got "
+                         f"{num_classes}, {shape}, {min_count}, {max_count}.")
+    x_end = (1.0 - PARETO_TAIL_QUANTILE) ** (-1.0 / shape)
+    x = np.linspace(1.0, x_end, num_classes)
+    density = shape / x ** (shape + 1)
+    return [int(v) for v in density * (max_count - min_count) / shape + min_count]
+
+
+def _binary(labels):
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be an (images, classes) array, got shape {labels.shape}.")
+    return (labels > 0).astype(np.int64)
+
+
+def cooccurrence_order(labels):
+    """Classes by descending ``sum_i P(j | i)``; ties keep the lower class index first.
+
+    A class without images has no P(. | i) row (0/0 in the original, which turns every score
+    into NaN); here its row is zero, so it only scores 0 itself and goes last.
+    """
+    labels = _binary(labels)
+    joint = labels.T @ labels  # joint[i, j]: images with both i and j
+    image_count = np.diag(joint)
+    conditional = np.zeros(joint.shape, dtype=np.float64)
+    present = image_count > 0
+    # int / int per row, then a plain axis-0 sum: bit-identical scores to the original
+    conditional[present] = joint[present] / image_count[present, None]
+    score = np.sum(conditional, axis=0)
+    return np.argsort(-score, kind="stable")
+
+
+def _randbelow(rng, n):
+    # CPython's rejection sampling on getrandbits; spelled out so the draws do not depend on
+    # the interpreter's private random helpers
+    bits = n.bit_length()
+    r = rng.getrandbits(bits)
+    while r >= n:
+        r = rng.getrandbits(bits)
+    return r
+
+
+def _draw(rng, population, k):
+    """``random.sample(population, k)`` of CPython 3.x: the same draws in the same order."""
+    n = len(population)
+    small_table = 21 + (4 ** math.ceil(math.log(k * 3, 4)) if k > 5 else 0)
+    if n <= small_table:
+        pool = list(population)
+        picked = []
+        for i in range(k):
+            j = _randbelow(rng, n - i)
+            picked.append(pool[j])
+            pool[j] = pool[n - i - 1]
+        return picked
+    taken, picked = set(), []
+    for _ in range(k):
+        j = _randbelow(rng, n)
+        while j in taken:
+            j = _randbelow(rng, n)
+        taken.add(j)
+        picked.append(population[j])
+    return picked
+
+
+def sample_longtail_subset(labels, targets, order, seed=0):
+    """Greedy long-tailed subset: sorted pool row indices.
+
+    ``targets[k]`` is the image count wanted for class ``order[k]``. A class that has fewer
+    images than wanted gets all of them (the original VOC script would stop with an error).
+    """
+    labels = _binary(labels)
+    num_classes = labels.shape[1]
+    if len(targets) != len(order) or sorted(int(c) for c in order) != list(range(num_classes)):
+        raise ValueError("order must be a permutation of the classes and match targets in length.")
+    rng = random.Random(seed)
+    members = [np.nonzero(labels[:, c])[0].tolist() for c in range(num_classes)]
+    image_classes = {}
+    # Python sets on purpose: their iteration order, which the draws index into, depends on
+    # the exact history of adds and removes, as in the original
+    chosen_with = [set() for _ in range(num_classes)]
+    selected = set()
+    count = np.zeros(num_classes, dtype=np.int64)
+    for target, cls in zip(targets, order):
+        cls = int(cls)
+        change = int(target) - int(count[cls])
+        if change < 0:
+            for t in _draw(rng, tuple(chosen_with[cls]), -change):
+                selected.remove(t)
+                count -= labels[t]
+                for c in image_classes[t]:
+                    chosen_with[c].remove(t)
+        elif change > 0:
+            candidates = tuple(set(members[cls]) - chosen_with[cls])
+            if change > len(candidates):
+                logger.info("Class %d: %d more images wanted, only %d left.", cls, change,
+                            len(candidates))
+                change = len(candidates)
+            for t in _draw(rng, candidates, change):
+                selected.add(t)
+                count += labels[t]
+                image_classes.setdefault(t, np.nonzero(labels[t])[0].tolist())
+                for c in image_classes[t]:
+                    chosen_with[c].add(t)
+    return np.array(sorted(selected), dtype=np.int64)
+
+
+def class_split(image_count, head=100, tail=20):
+    """Class indices by image count: head >= ``head``, medium in [tail, head), tail < ``tail``."""
+    image_count = np.asarray(image_count)
+    return dict(head=np.nonzero(image_count >= head)[0],
+                medium=np.nonzero((image_count >= tail) & (image_count < head))[0],
+                tail=np.nonzero(image_count < tail)[0])
+
+
+def class_statistics(labels, class_names, head=100, tail=20):
+    """JSON-ready per-class image counts and the head / medium / tail split of a label set."""
+    labels = _binary(labels)
+    if labels.shape[1] != len(class_names):
+        raise ValueError(f"{labels.shape[1]} label columns but {len(class_names)} class names.")
+    class_freq = labels.sum(axis=0)
+    split = class_split(class_freq, head, tail)
+    return dict(class_names=list(class_names), class_freq=class_freq.tolist(),
+                neg_class_freq=(len(labels) - class_freq).tolist(), num_images=len(labels),
+                split={k: v.tolist() for k, v in split.items()},
+                thresholds=dict(head=head, tail=tail))
+
+
+def _read_coco(path, data):
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    column = {c["id"]: k for k, c in enumerate(categories)}
+    image_ids = [im["id"] for im in data["images"]]
+    row = {image_id: k for k, image_id in enumerate(image_ids)}
+    labels = np.zeros((len(image_ids), len(categories)), dtype=np.uint8)
+    for ann in data["annotations"]:
+        # as the original COCO loader: crowd regions are labels, "ignore" and degenerate boxes
+        # are not
+        bbox = ann.get("bbox", (0, 0, 1, 1))
+        if ann.get("ignore", False) or ann.get("area", 1) <= 0 or bbox[2] < 1 or bbox[3] < 1:
+            continue
+        try:
+            labels[row[ann["image_id"]], column[ann["category_id"]]] = 1
+        except KeyError as e:
+            raise LongTailFormatError(
+                f"{path}: annotation {ann.get('id')} refers to unknown image or category id {e}; "
+                "the json's 'images' and 'categories' must list every id the annotations use."
+            ) from None
+    images = data["images"]
+    return MultiLabelAnnotations(image_ids, [c["name"] for c in categories], labels,
+                                 [im.get("file_name") for im in images],
+                                 [im.get("height") for im in images],
+                                 [im.get("width") for im in images], path)
+
+
+def _size(root, tag):
+    node = root.find(f"size/{tag}")
+    return int(float(node.text)) if node is not None and node.text else None
+
+
+def _read_voc(split_file, annotation_dir):
+    with open(split_file) as f:
+        image_ids = [line.split()[0] for line in f if line.strip()]
+    column = {name: k for k, name in enumerate(VOC_CLASSES)}
+    labels = np.zeros((len(image_ids), len(VOC_CLASSES)), dtype=np.uint8)
+    heights, widths = [], []
+    for k, image_id in enumerate(image_ids):
+        xml_path = os.path.join(annotation_dir, f"{image_id}.xml")
+        if not os.path.isfile(xml_path):
+            raise FileNotFoundError(f"{xml_path}: listed in {split_file} but missing; "
+                                    "is Annotations/ complete?")
+        try:
+            root = ET.parse(xml_path).getroot()
+            # difficult objects are labels too: the original VOC loader reads every object
+            names = [obj.find("name").text.strip() for obj in root.findall("object")]
+            heights.append(_size(root, "height"))
+            widths.append(_size(root, "width"))
+        except (ET.ParseError, AttributeError, ValueError) as e:
+            raise LongTailFormatError(f"{xml_path}: not a VOC annotation ({e}); expected "
+                                      "<annotation> with <object><name> entries.") from None
+        for name in names:
+            if name not in column:
+                raise LongTailFormatError(f"{xml_path}: unknown VOC class {name!r}; expected "
+                                          f"one of the 20 VOC classes {VOC_CLASSES}.")
+            labels[k, column[name]] = 1
+    return MultiLabelAnnotations(image_ids, list(VOC_CLASSES), labels,
+                                 [f"JPEGImages/{i}.jpg" for i in image_ids], heights, widths,
+                                 split_file)
+
+
+def read_multilabel_annotations(path, voc_split="trainval"):
+    """:class:`MultiLabelAnnotations` ``(image_ids, class_names, labels (N, C) uint8)`` of a COCO
+    json or a VOC tree.
+
+    COCO: ``instances_*.json``; integer image ids in the json's order (images without labels
+    stay, as all-zero rows), classes by category id. VOC: a ``VOC20xx`` folder (its
+    ``ImageSets/Main/<voc_split>.txt``) or such a split file; 20 classes in the usual order.
+    """
+    how_to = ("Pass a COCO instances json, a VOC folder such as VOCdevkit/VOC2012 (with "
+              "Annotations/ and ImageSets/Main/), or a VOC split file ImageSets/Main/<split>.txt.")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder. {how_to}")
+    if os.path.isdir(path):
+        split_file = os.path.join(path, "ImageSets", "Main", f"{voc_split}.txt")
+        annotation_dir = os.path.join(path, "Annotations")
+        if not (os.path.isdir(annotation_dir) and os.path.isfile(split_file)):
+            raise LongTailFormatError(f"{path}: folder without Annotations/ and "
+                                      f"ImageSets/Main/{voc_split}.txt. {how_to}")
+        return _read_voc(split_file, annotation_dir)
+    if path.endswith(".txt"):
+        annotation_dir = os.path.join(os.path.dirname(os.path.abspath(path)), os.pardir,
+                                      os.pardir, "Annotations")
+        if not os.path.isdir(annotation_dir):
+            raise LongTailFormatError(f"{path}: a .txt file is read as a VOC split list, but "
+                                      f"{os.path.normpath(annotation_dir)} is missing. {how_to}")
+        return _read_voc(path, os.path.normpath(annotation_dir))
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LongTailFormatError(f"{path}: not a json file ({e}). {how_to}") from None
+    if not (isinstance(data, dict) and {"images", "annotations", "categories"} <= set(data)):
+        raise LongTailFormatError(f"{path}: json without the COCO keys 'images', 'annotations' "
+                                  f"and 'categories'. {how_to}")
+    return _read_coco(path, data)
+
+
+def _write_json_atomic(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def create_longtail_dataset(ann_path, out_dir, dataset, max_count=None, min_count=1, shape=6,
+                            seed=0, overwrite=False):
+    """Draw the long-tailed subset of ``ann_path``; writes img_id.json and class_stats.json."""
+    if dataset not in DEFAULT_MAX_COUNT:
+        raise ValueError(f"dataset must be one of {sorted(DEFAULT_MAX_COUNT)}, got {dataset!r}.")
+    outputs = [os.path.join(out_dir, name) for name in OUTPUT_FILES]
+    for out in outputs:
+        if os.path.exists(out) and os.path.exists(ann_path) and os.path.samefile(out, ann_path):
+            raise FileExistsError(f"{out} is the input annotation file; choose another --out.")
+    existing = [out for out in outputs if os.path.exists(out)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite "
+                              "(overwrite=True) to replace, or choose another output folder.")
+    max_count = DEFAULT_MAX_COUNT[dataset] if max_count is None else max_count
+    image_ids, class_names, labels = read_multilabel_annotations(ann_path)
+    targets = pareto_targets(len(class_names), max_count, min_count, shape)
+    order = cooccurrence_order(labels)
+    selected = sample_longtail_subset(labels, targets, order, seed)
+    stats = class_statistics(labels[selected], class_names)
+    empty = [class_names[c] for c, n in enumerate(stats["class_freq"]) if n == 0]
+    if empty:
+        logger.warning("%d class(es) have no image in the long-tailed subset: %s", len(empty),
+                       ", ".join(empty))
+    stats.update(dataset=dataset, source=os.path.abspath(ann_path), num_source_images=len(labels),
+                 seed=seed, shape=shape, max_count=max_count, min_count=min_count,
+                 class_order=order.tolist(), targets=targets)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_json_atomic([image_ids[i] for i in selected], outputs[0])
+    _write_json_atomic(stats, outputs[1])
+    return stats
