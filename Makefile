@@ -6,10 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lt_d2-installed
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 SYNTH := $(DETECTRON2_DATASETS)/lt_synthetic/.complete
+SYNTH_ML := $(DETECTRON2_DATASETS)/ml_synthetic/.complete
 DEMO_CONFIG ?= configs/Synthetic-LT/faster_rcnn_tiny_ce.yaml
 DEMO_OUT ?= output/demo
 
-.PHONY: setup demo test bench clean
+ML_DEMO_CONFIG ?= configs/Synthetic-MLT/db_focal_tiny_PFC.yaml
+
+.PHONY: setup demo demo-multilabel test bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +29,12 @@ $(SYNTH): $(STAMP)
 
 demo: $(STAMP) $(SYNTH)
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUT)
+
+$(SYNTH_ML): $(STAMP)
+	$(PY) datasets/prepare_synthetic_lt.py --kind multilabel
+
+demo-multilabel: $(STAMP) $(SYNTH_ML)
+	$(PY) tools/train_net.py --config-file $(ML_DEMO_CONFIG) OUTPUT_DIR output/demo_multilabel
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data.common import ToIterableDataset
 from torch.utils.data import DataLoader
 
-from lt_d2.checkpoint import SurgeryError, checkpoint_surgery, load_checkpoint, save_checkpoint
+from lt_d2.checkpoint import checkpoint_surgery, load_checkpoint, save_checkpoint
 from lt_d2.config import add_lt_config
 from lt_d2.data import ClassAwareSampler, build_training_sampler, images_per_class
 from lt_d2.engine import LTTrainer
