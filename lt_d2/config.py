@@ -195,6 +195,21 @@ def is_multilabel(cfg):
     return cfg.MODEL.META_ARCHITECTURE == "MultiLabelClassifier"
 
 
+def add_lt_test_config(cfg):
+    cfg.TEST.LT = CN()
+    # LVIS evaluation backend: "fast" (lt_d2's vectorised re-implementation, the same numbers as
+    # lvis-api) or "lvis-api" (the official, pure-Python reference).
+    cfg.TEST.LT.LVIS_BACKEND = "fast"
+    # Also report Fixed AP (Dave et al. 2021): no per-image cap, the top FIXED_AP_TOPK detections
+    # of each class over the whole dataset. Needs a model that outputs more than 300 per image
+    # (e.g. TEST.DETECTIONS_PER_IMAGE 10000, MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0001).
+    cfg.TEST.LT.FIXED_AP = False
+    cfg.TEST.LT.FIXED_AP_TOPK = 10000
+    # Write the long-tail report (per-class AP joined with training image counts, AP per
+    # frequency group, PNG plot of AP against training frequency) after every evaluation.
+    cfg.TEST.LT.REPORT = True
+
+
 def model_num_classes(cfg):
     """(number of classes, the key that sets it) of the model ``cfg`` builds."""
     if is_multilabel(cfg):
@@ -212,6 +227,8 @@ def add_lt_config(cfg):
         add_lt_data_config(cfg)
     if "LT" not in cfg.INPUT:
         add_lt_input_config(cfg)
+    if "LT" not in cfg.TEST:
+        add_lt_test_config(cfg)
     if "MULTILABEL" not in cfg.MODEL.LT:
         add_lt_multilabel_config(cfg)
     add_detectron2_main_keys(cfg)
