@@ -223,12 +223,22 @@ def _reregister_builtin_lvis():
             meta.layout_hint = LVIS_LAYOUT_HINT
 
 
+OPENIMAGES_SPLITS = {
+    "openimages_challenge2019_train": ("openimages/train", "openimages/annotations/challenge2019_train.json"),
+    "openimages_challenge2019_val": ("openimages/validation", "openimages/annotations/challenge2019_val.json"),
+}
+
+
 def register_all_builtin(root=None):
     from .multilabel_datasets import register_all_multilabel
+    from .openimages import register_openimages
 
     root = datasets_root() if root is None else root
     _reregister_builtin_lvis()
     register_all_multilabel(root)
+    for name, (image_root, json_file) in OPENIMAGES_SPLITS.items():
+        if name not in DatasetCatalog.list():
+            register_openimages(name, os.path.join(root, json_file), os.path.join(root, image_root))
     for name, (image_root, json_file) in SYNTHETIC_SPLITS.items():
         if name in DatasetCatalog.list():
             continue

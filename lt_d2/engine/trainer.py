@@ -12,22 +12,15 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator
 
 from ..config import is_multilabel, model_num_classes
-from ..data import build_training_sampler, check_dataset_files, get_class_stats
+from ..data import build_training_sampler, check_dataset_files
 from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
-from ..evaluation import MultiLabelEvaluator
+from ..evaluation import build_lt_evaluator
 from .freeze import check_weights_fit, freeze_all_but
 
 logger = logging.getLogger(__name__)
-
-
-def _has_compiled_ops():
-    from detectron2 import _C
-
-    return hasattr(_C, "get_compiler_version")
 
 
 def check_num_classes(cfg, dataset_name):
@@ -98,7 +91,8 @@ class LTTrainer(DefaultTrainer):
     """``DefaultTrainer`` that
 
     * builds the training sampler from lt_d2's sampler registry (``DATALOADER.SAMPLER_TRAIN``);
-    * evaluates LVIS-format datasets with ``LVISEvaluator`` and others with ``COCOEvaluator``;
+    * picks the evaluator from the dataset (LVIS with Fixed AP and the long-tail report, COCO,
+      OpenImages, multi-label; see :func:`lt_d2.evaluation.build_lt_evaluator`);
     * maps training images with large-scale jitter / copy-paste when ``INPUT.LT`` asks for it;
     * checks datasets, device and ``NUM_CLASSES`` before it spends time training;
     * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else and checks that
@@ -176,30 +170,7 @@ class LTTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-        if evaluator_type == "lvis":
-            return LVISEvaluator(dataset_name, output_dir=output_folder)
-        if evaluator_type == "multilabel":
-            return MultiLabelEvaluator(dataset_name, cls._train_image_counts(cfg),
-                                       output_dir=output_folder)
-        if evaluator_type == "coco":
-            return COCOEvaluator(dataset_name, output_dir=output_folder,
-                                 use_fast_impl=_has_compiled_ops())
-        raise NotImplementedError(
-            f"No evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}'; "
-            "lt_d2 evaluates 'lvis', 'coco' and 'multilabel' datasets."
-        )
-
-    @staticmethod
-    def _train_image_counts(cfg):
-        """Training images per class (for head / medium / tail scores), or None if unknown."""
-        if not cfg.DATASETS.TRAIN:
-            return None
-        try:
-            return get_class_stats(list(cfg.DATASETS.TRAIN)).image_count
-        except (FileNotFoundError, ValueError) as e:
-            logger.warning("No head / medium / tail scores: training statistics unavailable (%s)", e)
-            return None
+        return build_lt_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
