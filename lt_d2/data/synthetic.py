@@ -12,6 +12,7 @@ Annotation is exhaustive, so each image lists every absent class in ``neg_catego
 probability ``not_exhaustive_prob`` an image that holds two instances of a class keeps one of
 them unlabelled and lists the class in ``not_exhaustive_category_ids``, as LVIS does.
 """
+import contextlib
 import json
 import logging
 import math
@@ -201,6 +202,26 @@ def category_entries(num_classes, image_counts, instance_counts):
     return cats
 
 
+@contextlib.contextmanager
+def building_dataset_dir(out_dir):
+    """A temporary folder (with ``annotations/``) beside ``out_dir``, moved to ``out_dir`` with
+    the completeness marker when the block succeeds and deleted when it fails, so an
+    interrupted run never leaves a half-written dataset. ``out_dir`` must not exist."""
+    if os.path.exists(out_dir):
+        raise FileExistsError(f"{out_dir} already exists; remove it or pick another folder.")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}-", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "annotations"))
+        yield tmp
+        open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def generate_synthetic_lt(out_dir, *, seed=0, num_classes=48, max_images=400, min_images=2,
                           val_images_per_class=8, max_classes_per_image=3, image_size=128,
                           min_size=14, max_size=40, not_exhaustive_prob=0.05):
@@ -211,18 +232,11 @@ def generate_synthetic_lt(out_dir, *, seed=0, num_classes=48, max_images=400, mi
     """
     if num_classes > len(SHAPES) * len(COLORS):
         raise ValueError(f"num_classes={num_classes}: at most {len(SHAPES) * len(COLORS)} classes.")
-    if os.path.exists(out_dir):
-        raise FileExistsError(f"{out_dir} already exists; remove it or pick another folder.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_classes)  # class of each frequency rank
     counts = np.zeros(num_classes, np.int64)
     counts[order] = class_image_targets(num_classes, max_images, min_images)
-
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".lt_synthetic-", dir=parent)
-    try:
-        os.makedirs(os.path.join(tmp, "annotations"))
+    with building_dataset_dir(out_dir) as tmp:
         splits = {
             "train": _pack_images(rng, counts, max_classes_per_image),
             "val": _pack_images(rng, np.full(num_classes, val_images_per_class),
@@ -247,11 +261,6 @@ def generate_synthetic_lt(out_dir, *, seed=0, num_classes=48, max_images=400, mi
                     "annotations": anns}
             with open(os.path.join(tmp, "annotations", f"lt_synthetic_{split}.json"), "w") as f:
                 json.dump(data, f)
-        open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Wrote the synthetic long-tailed dataset to %s", out_dir)
     return out_dir
 

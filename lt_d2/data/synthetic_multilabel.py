@@ -14,13 +14,11 @@ Layout of ``out_dir``: ``annotations/{pool,test}.json`` (COCO format), ``pool/``
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from .longtail_subset import create_longtail_dataset
-from .synthetic import COMPLETE_MARKER, build_split, category_entries
+from .synthetic import build_split, building_dataset_dir, category_entries
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +77,13 @@ def generate_synthetic_multilabel(out_dir, *, seed=0, num_classes=20, pool_image
 
     Built in a temporary folder beside ``out_dir`` and moved into place only when complete.
     """
-    if os.path.exists(out_dir):
-        raise FileExistsError(f"{out_dir} already exists; remove it or pick another folder.")
     rng = np.random.default_rng(seed)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".ml_synthetic-", dir=parent)
-    try:
-        os.makedirs(os.path.join(tmp, "annotations"))
+    with building_dataset_dir(out_dir) as tmp:
         pool = _write_split(rng, tmp, "pool", draw_label_sets(rng, pool_images, num_classes),
                             num_classes, image_size, min_size, max_size)
         _write_split(rng, tmp, "test", draw_label_sets(rng, test_images, num_classes),
                      num_classes, image_size, min_size, max_size)
         create_longtail_dataset(pool, os.path.join(tmp, "longtail"), "coco",
                                 max_count=max_count, seed=seed)
-        open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Wrote the synthetic multi-label dataset to %s", out_dir)
     return out_dir

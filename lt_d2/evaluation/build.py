@@ -70,6 +70,9 @@ def build_lt_evaluator(cfg, dataset_name, output_folder):
     if evaluator_type == "lvis":
         from .lvis_evaluation import LTLVISEvaluator
 
+        if cfg.TEST.LT.LVIS_BACKEND not in ("fast", "lvis-api"):
+            raise ValueError(f"TEST.LT.LVIS_BACKEND={cfg.TEST.LT.LVIS_BACKEND!r}: use 'fast' or "
+                             "'lvis-api'.")
         evaluator = LTLVISEvaluator(dataset_name, output_dir=output_folder,
                                     backend=cfg.TEST.LT.LVIS_BACKEND)
         stats = _train_stats(cfg) if cfg.TEST.LT.REPORT else None
@@ -78,9 +81,12 @@ def build_lt_evaluator(cfg, dataset_name, output_folder):
         if not cfg.TEST.LT.FIXED_AP:
             return evaluator
         from .fixed_ap import FixedAPEvaluator
+        from .lvis_fast import evaluate_lvis
 
-        return DatasetEvaluators([evaluator, FixedAPEvaluator(
-            dataset_name, topk=cfg.TEST.LT.FIXED_AP_TOPK, output_dir=output_folder)])
+        fixed = FixedAPEvaluator(dataset_name, topk=cfg.TEST.LT.FIXED_AP_TOPK,
+                                 output_dir=output_folder,
+                                 evaluate=evaluate_lvis if cfg.TEST.LT.LVIS_BACKEND == "fast" else None)
+        return DatasetEvaluators([evaluator, fixed])
     if evaluator_type == "multilabel":
         from .multilabel import MultiLabelEvaluator
 
