@@ -7,7 +7,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from lt_d2.evaluation.lvis_fast import evaluate_lvis  # first: lt_d2 fixes lvis's np.float
+from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis, result_dicts  # first: lt_d2 fixes lvis's np.float
 from lt_d2.evaluation.lvis_fast_match import box_iou_rowwise
 from lvis import LVIS, LVISEval, LVISResults
 
@@ -38,6 +38,10 @@ def assert_same_as_lvis_api(dataset, results, iou_type="bbox", max_dets=300):
     diff = {k: abs(metrics[k] - float(expected[k])) for k in KEYS}
     assert max(diff.values()) <= 1e-9, (diff, dict(metrics), dict(expected))
     np.testing.assert_array_equal(precision, expected_precision)
+    # the columnar form must give exactly the same answer
+    col_metrics, col_precision = evaluate_lvis(dataset, columnar_results(results), iou_type, max_dets)
+    assert col_metrics == metrics
+    np.testing.assert_array_equal(col_precision, precision)
     return metrics
 
 
@@ -168,6 +172,15 @@ def test_bad_input():
         evaluate_lvis(dataset, [good, dict(image_id=1, category_id=1, score=0.1)])
     with pytest.raises(ValueError, match="iou_type"):
         evaluate_lvis(dataset, [good], "keypoints")
+    columns = columnar_results([good, det(1, 1, square(1, 1, 5), 0.3)])
+    with pytest.raises(ValueError, match="one row per detection"):
+        evaluate_lvis(dataset, dict(columns, score=columns["score"][:1]))
+    with pytest.raises(ValueError, match="image_id must be integers"):
+        evaluate_lvis(dataset, dict(columns, image_id=columns["image_id"] + 0.5))
+    with pytest.raises(ValueError, match="bbox or a segmentation"):
+        evaluate_lvis(dataset, {k: v for k, v in columns.items() if k != "bbox"})
+    with pytest.raises(ValueError, match="NaN in bbox"):
+        evaluate_lvis(dataset, dict(columns, bbox=np.r_[columns["bbox"][:1], [[1, np.nan, 5, 5]]]))
 
 
 def random_dataset(rng, num_images, num_cats, segm=False):
@@ -255,12 +268,27 @@ def test_accepts_lvis_objects_and_paths(tmp_path):
     gt = lvis_from_dict(dataset)
     assert evaluate_lvis(str(path), results)[0] == expected
     assert evaluate_lvis(gt, LVISResults(gt, copy.deepcopy(results)))[0] == expected
+    assert result_dicts(columnar_results(results)) == results
+
+
+def test_columns_of_masks_only_and_empty():
+    rng = np.random.default_rng(7)
+    dataset, results = random_dataset(rng, 40, 10, segm=True)
+    columns = columnar_results(results)
+    assert "bbox" not in columns
+    # boxes from the masks for the bbox task, mask areas: as LVISResults does for dicts
+    assert_same_as_lvis_api(dataset, results, "bbox")
+    columns["segmentation"] = np.array(columns["segmentation"], object)
+    assert evaluate_lvis(dataset, columns, "segm")[0] == evaluate_lvis(dataset, results, "segm")[0]
+    empty = {k: np.zeros(0, np.int64) for k in ("image_id", "category_id", "score")}
+    assert evaluate_lvis(dataset, empty)[0] == evaluate_lvis(dataset, [])[0]
 
 
 @pytest.mark.parametrize("distributed", [False, True])
 def test_lt_lvis_evaluator_backends_agree(tmp_path, distributed):
     import torch
     from detectron2.data import MetadataCatalog
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.structures import Boxes, Instances
     from lt_d2.evaluation.lvis_evaluation import LTLVISEvaluator
 
@@ -285,10 +313,17 @@ def test_lt_lvis_evaluator_backends_agree(tmp_path, distributed):
         outputs.append({"instances": inst})
     answers = {}
     for backend in ("fast", "lvis-api"):
-        evaluator = LTLVISEvaluator(name, distributed=distributed, backend=backend)
+        evaluator = LTLVISEvaluator(name, distributed=distributed, backend=backend,
+                                    output_dir=str(tmp_path / backend))
         evaluator.reset()
         evaluator.process(inputs, outputs)
+        assert isinstance(evaluator._predictions[0]["instances"]["score"], np.ndarray)
         answers[backend] = (evaluator.evaluate(), evaluator._last_precision)
+        # the results json is detectron2's, dict for dict
+        expected = [dict(r, category_id=r["category_id"] + 1) for inp, out in zip(inputs, outputs)
+                    for r in instances_to_coco_json(out["instances"], inp["image_id"])]
+        written = __import__("json").loads((tmp_path / backend / "lvis_instances_results.json").read_text())
+        assert written == expected and list(written[0]) == list(expected[0])
     fast, api = answers["fast"][0], answers["lvis-api"][0]
     assert sorted(fast) == ["bbox", "segm"] and fast.keys() == api.keys()
     for task in fast:

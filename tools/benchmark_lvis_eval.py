@@ -13,7 +13,9 @@ ground truth and random, scores rounded to 3 decimals so that they tie). Each me
 in its own subprocess, which regenerates the same data: the fast evaluator on the full set and on
 the first --api-images images, lvis-api on those only (its time on the full set is extrapolated
 linearly in the number of images, and said so). Peak memory is the process' peak resident set
-during the evaluation, input included (Linux: VmHWM reset after the data are built).
+during the evaluation, input included (Linux: VmHWM reset after the data are built). The fast
+evaluator gets its detections as NumPy columns (--input columns, what LTLVISEvaluator keeps) or
+as lvis-format dicts (--input dicts, as read from a results json); lvis-api always gets dicts.
 """
 import argparse
 import gc
@@ -39,7 +41,9 @@ def octagon(x, y, w, h):
             x + 3 * w / 4, y + h, x + w / 4, y + h, x, y + 3 * h / 4, x, y + h / 4]
 
 
-def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm):
+def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar=False):
+    """(dataset dict, results): lvis-format result dicts, or with columnar the same detections
+    as evaluate_lvis' columns, built as arrays without a dict ever existing."""
     rng = np.random.default_rng(seed)
     num_r, num_c = round(num_classes * 337 / 1203), round(num_classes * 461 / 1203)
     freq = np.array(["r"] * num_r + ["c"] * num_c + ["f"] * (num_classes - num_r - num_c))
@@ -108,6 +112,22 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm):
     det_score = np.r_[rng.uniform(0.2, 1, len(near_img)), rng.uniform(0, 0.6, len(rand_img))].round(3)
     order = np.lexsort((rng.random(len(det_img)), det_img))
     del near_box, rand_box, near_img, rand_img, src
+    dataset = dict(images=images, annotations=annotations, categories=categories)
+    if columnar:
+        det_img = det_img[order]
+        results = dict(image_id=det_img + 1, category_id=det_cat[order], score=det_score[order])
+        if not segm:
+            results["bbox"] = det_box[order]
+            return dataset, results
+        results["segmentation"] = []
+        bounds = np.searchsorted(det_img, np.arange(num_images + 1))
+        for i, box in enumerate(np.split(det_box[order], bounds[1:-1])):
+            rles = mask_utils.frPyObjects([octagon(*b) for b in box.tolist()],
+                                          int(height[i]), int(width[i]))
+            for rle in rles:
+                rle["counts"] = rle["counts"].decode("ascii")
+            results["segmentation"].extend(rles)
+        return dataset, results
     image_id = list(range(1, num_images + 1))  # one int object per image, as detectron2 makes
     det_img, det_cat, det_score = det_img[order].tolist(), det_cat[order].tolist(), det_score[order].tolist()
     det_box = det_box[order]
@@ -125,13 +145,16 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm):
                 rle["counts"] = rle["counts"].decode("ascii")
                 results.append(dict(image_id=image_id[i], category_id=det_cat[j], segmentation=rle,
                                     score=det_score[j]))
-    dataset = dict(images=images, annotations=annotations, categories=categories)
     return dataset, results
 
 
 def first_images(dataset, results, num_images):
     subset = dict(dataset, images=[img for img in dataset["images"] if img["id"] <= num_images],
                   annotations=[a for a in dataset["annotations"] if a["image_id"] <= num_images])
+    if isinstance(results, dict):
+        rows = np.flatnonzero(results["image_id"] <= num_images)
+        return subset, {k: v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows.tolist()]
+                        for k, v in results.items()}
     return subset, [r for r in results if r["image_id"] <= num_images]
 
 
@@ -146,8 +169,9 @@ def memory_status(field):
 
 def worker(args):
     libraries = memory_status("VmRSS")  # interpreter, numpy, torch and detectron2 via lt_d2
+    columnar = args.worker == "fast" and args.input == "columns"
     dataset, results = make_lvis_like(args.images, args.classes, args.dets_per_image, args.seed,
-                                      args.iou_type == "segm")
+                                      args.iou_type == "segm", columnar)
     if args.subset:
         dataset, results = first_images(dataset, results, args.subset)
     gc.collect()
@@ -172,13 +196,15 @@ def worker(args):
     seconds = time.perf_counter() - start
     print(json.dumps(dict(seconds=seconds, peak=memory_status("VmHWM"), input=input_rss, libraries=libraries,
                           metrics=metrics, images=len(dataset["images"]),
-                          annotations=len(dataset["annotations"]), detections=len(results))))
+                          annotations=len(dataset["annotations"]),
+                          detections=len(results["score"] if columnar else results))))
 
 
 def run_worker(args, backend, subset):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--subset", str(subset),
            "--images", str(args.images), "--classes", str(args.classes), "--seed", str(args.seed),
-           "--dets-per-image", str(args.dets_per_image), "--iou-type", args.iou_type]
+           "--dets-per-image", str(args.dets_per_image), "--iou-type", args.iou_type,
+           "--input", args.input]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -191,6 +217,10 @@ def main():
     parser.add_argument("--dets-per-image", type=int, default=300)
     parser.add_argument("--api-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input", default="columns", choices=["columns", "dicts"],
+                        help="what the fast evaluator gets: NumPy columns, as LTLVISEvaluator "
+                        "gives it (default), or lvis-format dicts, as from a json file; lvis-api "
+                        "always gets dicts")
     parser.add_argument("--worker", choices=["fast", "lvis-api"], help=argparse.SUPPRESS)
     parser.add_argument("--subset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,14 +233,14 @@ def main():
     full = run_worker(args, "fast", 0)
     print(f"{args.iou_type}: {full['images']} images, {args.classes} classes, {full['annotations']} "
           f"annotations, {full['detections']} detections")
-    print(f"fast, full set:       {full['seconds']:8.2f} s   peak {full['peak'] / gib:.2f} GiB "
+    print(f"fast ({args.input}), full set: {full['seconds']:8.2f} s   peak {full['peak'] / gib:.2f} GiB "
           f"(before evaluating: {full['input'] / gib:.2f} GiB, of which {full['libraries'] / gib:.2f} GiB "
           f"interpreter and libraries; evaluation adds {(full['peak'] - full['input']) / gib:.2f} GiB)")
     fast = run_worker(args, "fast", api_images)
     api = run_worker(args, "lvis-api", api_images)
     print(f"subset: first {api['images']} images, {api['annotations']} annotations, "
           f"{api['detections']} detections")
-    print(f"fast, subset:         {fast['seconds']:8.2f} s   peak {fast['peak'] / gib:.2f} GiB "
+    print(f"fast ({args.input}), subset:   {fast['seconds']:8.2f} s   peak {fast['peak'] / gib:.2f} GiB "
           f"(input {fast['input'] / gib:.2f} GiB)")
     print(f"lvis-api, subset:     {api['seconds']:8.2f} s   peak {api['peak'] / gib:.2f} GiB "
           f"(input {api['input'] / gib:.2f} GiB)")

@@ -68,18 +68,21 @@ def box_candidate_pairs(det_boxes, det_gt_start, det_gt_count, gt_boxes, max_pai
 
 
 def mask_candidate_pairs(det_rles, det_image, det_cat, gt_rles, gt_image, gt_cat):
-    """Same as box_candidate_pairs for RLE masks: pycocotools' IoU, one call per image.
+    """Same as box_candidate_pairs for RLE masks: pycocotools' IoU, one call per (image,
+    category) group. Per group rather than per image: the masks are parsed as often, and the
+    products of masks of different categories (never candidates) are not computed.
 
-    Detections and ground truths must be sorted by image.
+    Detections and ground truths must be sorted by (image, category).
     """
     found = []
-    images = np.intersect1d(det_image, gt_image)
-    det_lo, det_hi = np.searchsorted(det_image, images), np.searchsorted(det_image, images, "right")
-    gt_lo, gt_hi = np.searchsorted(gt_image, images), np.searchsorted(gt_image, images, "right")
+    num_cats = int(max(det_cat.max(initial=0), gt_cat.max(initial=0))) + 1
+    det_group, gt_group = det_image * num_cats + det_cat, gt_image * num_cats + gt_cat
+    groups = np.intersect1d(det_group, gt_group)
+    det_lo, det_hi = np.searchsorted(det_group, groups), np.searchsorted(det_group, groups, "right")
+    gt_lo, gt_hi = np.searchsorted(gt_group, groups), np.searchsorted(gt_group, groups, "right")
     for d0, d1, g0, g1 in zip(det_lo.tolist(), det_hi.tolist(), gt_lo.tolist(), gt_hi.tolist()):
         iou = np.asarray(mask_utils.iou(det_rles[d0:d1], gt_rles[g0:g1], [0] * (g1 - g0)))
-        same_group = det_cat[d0:d1, None] == gt_cat[None, g0:g1]
-        det, gt = np.nonzero(same_group & (iou >= MIN_IOU))
+        det, gt = np.nonzero(iou >= MIN_IOU)
         found.append((det + d0, gt + g0, iou[det, gt]))
     return _concat_pairs(found)
 
