@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 from lt_d2.data import load_lt_json
 from lt_d2.data.openimages import (OpenImagesFormatError, convert_openimages, frequency_quintiles,
                                    image_size_from_file, read_hierarchy, register_openimages,
-                                   write_json_atomic)
+                                   write_dataset_json)
 from lt_d2.evaluation.openimages import (OpenImagesEvaluator, average_precision,
                                          evaluate_openimages, load_openimages_groundtruth,
                                          summarize, tp_fp_single_class)
@@ -139,7 +139,7 @@ def test_conversion_contents(oid):
 
 def test_registered_json_loads_with_lt_loader(oid, tmp_path):
     path = str(tmp_path / "oid.json")
-    write_json_atomic(convert(oid), path)
+    write_dataset_json(convert(oid), path)
     register_openimages("oid_test_load", path, str(tmp_path))
     dicts = DatasetCatalog.get("oid_test_load")
     meta = MetadataCatalog.get("oid_test_load")
@@ -153,7 +153,7 @@ def test_registered_json_loads_with_lt_loader(oid, tmp_path):
 
 def test_expand_hierarchy_and_stats_from(oid, tmp_path):
     train = str(tmp_path / "train.json")
-    write_json_atomic(convert(oid), train)
+    write_dataset_json(convert(oid), train)
     data = convert(oid, expand_hierarchy=True, stats_from=train)
     parents = sum(c[3] for c in CLASSES if c[2] is not None)  # one copy per box with a parent
     assert len(data["annotations"]) == len(make_boxes()) + parents
@@ -228,7 +228,7 @@ def test_bad_inputs(oid, tmp_path):
     with pytest.raises(OpenImagesFormatError, match="few.csv: no size for 19 image"):
         convert_openimages(oid["classes"], oid["boxes"], image_sizes_csv=few)
     with pytest.raises(FileExistsError, match="--overwrite"):
-        write_json_atomic({}, oid["sizes"])
+        write_dataset_json({}, oid["sizes"])
 
 
 def test_image_sizes_from_files(tmp_path):
@@ -324,7 +324,7 @@ class GroundTruthModel(torch.nn.Module):
 
 def test_evaluator_end_to_end(oid, tmp_path):
     path = str(tmp_path / "val.json")
-    write_json_atomic(convert(oid), path)
+    write_dataset_json(convert(oid), path)
     register_openimages("oid_test_eval", path, str(tmp_path))
     dicts = DatasetCatalog.get("oid_test_eval")
     gt_images, _, _ = load_openimages_groundtruth(path)

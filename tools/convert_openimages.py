@@ -50,7 +50,7 @@ def main(argv=None):
             hierarchy_json=args.hierarchy, image_sizes_csv=args.image_sizes,
             image_root=args.image_root, expand_hierarchy=args.expand_hierarchy,
             stats_from=args.stats_from)
-        oi.write_json_atomic(data, args.out, overwrite=args.overwrite, inputs=inputs)
+        oi.write_dataset_json(data, args.out, overwrite=args.overwrite, inputs=inputs)
     except (oi.OpenImagesFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
         sys.exit(f"convert_openimages.py: error: {e}")
     print(f"wrote {args.out}: {len(data['images'])} images, {len(data['annotations'])} boxes, "

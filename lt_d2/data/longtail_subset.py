@@ -27,6 +27,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from ..file_io import write_json_atomic
+
 logger = logging.getLogger("lt_d2.data.longtail_subset")  # same name when loaded by file path
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -285,17 +287,6 @@ def read_multilabel_annotations(path, voc_split="trainval"):
     return _read_coco(path, data)
 
 
-def _write_json_atomic(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def create_longtail_dataset(ann_path, out_dir, dataset, max_count=None, min_count=1, shape=6,
                             seed=0, overwrite=False):
     """Draw the long-tailed subset of ``ann_path``; writes img_id.json and class_stats.json."""
@@ -323,6 +314,6 @@ def create_longtail_dataset(ann_path, out_dir, dataset, max_count=None, min_coun
                  seed=seed, shape=shape, max_count=max_count, min_count=min_count,
                  class_order=order.tolist(), targets=targets)
     os.makedirs(out_dir, exist_ok=True)
-    _write_json_atomic([image_ids[i] for i in selected], outputs[0])
-    _write_json_atomic(stats, outputs[1])
+    write_json_atomic([image_ids[i] for i in selected], outputs[0])
+    write_json_atomic(stats, outputs[1])
     return stats

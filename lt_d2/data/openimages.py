@@ -24,10 +24,10 @@ import csv
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 
+from ..file_io import write_json_atomic
 from .class_stats import lvis_frequency_groups
 from .datasets import register_lt_dataset
 
@@ -307,22 +307,10 @@ def check_output_path(path, *, overwrite=False, inputs=()):
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
 
 
-def write_json_atomic(data, path, *, overwrite=False, inputs=()):
-    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a json
-    (see :func:`check_output_path` for when it refuses)."""
+def write_dataset_json(data, path, *, overwrite=False, inputs=()):
+    """Write the converted json atomically (see :func:`check_output_path` for when it refuses)."""
     check_output_path(path, overwrite=overwrite, inputs=inputs)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_atomic(data, path, separators=(",", ":"))
 
 
 def register_openimages(name, json_file, image_root):

@@ -25,7 +25,9 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .longtail_report import FREQUENCY_GROUPS, atomic_write, group_aps, per_class_ap
+from ..data.class_stats import FREQUENCY_GROUPS
+from ..file_io import atomic_write
+from .longtail_report import group_aps, per_class_ap
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ import io
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
-FREQUENCY_GROUPS = ("r", "c", "f")
+from ..data.class_stats import FREQUENCY_GROUPS
+from ..file_io import atomic_write
+
 GROUP_LABELS = {"r": "rare", "c": "common", "f": "frequent"}
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 # LVIS groups by training image count: rare <= 10 < common <= 100 < frequent
@@ -61,22 +62,6 @@ def group_aps(per_class, frequency):
     for group in FREQUENCY_GROUPS:
         result["AP" + group] = mean(frequency == group)
     return result
-
-
-def atomic_write(path, write):
-    """Write through ``write(file object)`` into a temporary file beside ``path`` and rename it,
-    so a reader (or a crash) never sees a half-written report."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _json_number(value):
