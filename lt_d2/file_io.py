@@ -1,11 +1,23 @@
 # Copyright (c) lt_d2 contributors.
-"""Atomic file writes: what lt_d2 writes (datasets, reports, id lists) appears whole or not at all."""
+"""Writing outputs safely: never over an input or an existing file unless asked, and atomically
+(what lt_d2 writes, datasets, reports, id lists, appears whole or not at all)."""
 import io
 import json
 import os
 import tempfile
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "check_output_path", "write_json_atomic"]
+
+
+def check_output_path(path, *, overwrite=False, inputs=()):
+    """Refuse an output that is one of ``inputs``, or that exists unless ``overwrite``."""
+    if not os.path.exists(path):
+        return
+    for src in inputs:
+        if src is not None and os.path.exists(src) and os.path.samefile(src, path):
+            raise FileExistsError(f"The output {path} is one of the inputs; choose another path.")
+    if not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
 
 
 def atomic_write(path, write):

@@ -153,3 +153,16 @@ def get_class_stats(dataset_names):
             stats = _stats_from_metadata(meta)
         total = stats if total is None else total + stats
     return total
+
+
+def train_class_stats(cfg, consequence, errors=(FileNotFoundError,)):
+    """Class statistics of ``cfg.DATASETS.TRAIN``, or None when the config names no training
+    set or reading it raises one of ``errors`` (logged as a warning with ``consequence``, what
+    goes without them). Models and evaluators that only use them build without them."""
+    if not cfg.DATASETS.TRAIN:
+        return None
+    try:
+        return get_class_stats(list(cfg.DATASETS.TRAIN))
+    except errors as e:
+        logger.warning("Class statistics of DATASETS.TRAIN unavailable (%s); %s", e, consequence)
+        return None

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from ..file_io import write_json_atomic
+from ..file_io import check_output_path, write_json_atomic
 
 logger = logging.getLogger("lt_d2.data.longtail_subset")  # same name when loaded by file path
 
@@ -294,12 +294,7 @@ def create_longtail_dataset(ann_path, out_dir, dataset, max_count=None, min_coun
         raise ValueError(f"dataset must be one of {sorted(DEFAULT_MAX_COUNT)}, got {dataset!r}.")
     outputs = [os.path.join(out_dir, name) for name in OUTPUT_FILES]
     for out in outputs:
-        if os.path.exists(out) and os.path.exists(ann_path) and os.path.samefile(out, ann_path):
-            raise FileExistsError(f"{out} is the input annotation file; choose another --out.")
-    existing = [out for out in outputs if os.path.exists(out)]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite "
-                              "(overwrite=True) to replace, or choose another output folder.")
+        check_output_path(out, overwrite=overwrite, inputs=(ann_path,))
     max_count = DEFAULT_MAX_COUNT[dataset] if max_count is None else max_count
     image_ids, class_names, labels = read_multilabel_annotations(ann_path)
     targets = pareto_targets(len(class_names), max_count, min_count, shape)

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..file_io import write_json_atomic
+from ..file_io import check_output_path, write_json_atomic
 from .class_stats import lvis_frequency_groups
 from .datasets import register_lt_dataset
 
@@ -294,17 +294,6 @@ def convert_openimages(classes_csv, boxes_csv, *, image_labels_csv=None, hierarc
     logger.info("Open Images: %d images, %d boxes (%d written), %d classes.", len(images),
                 len(boxes), len(annotations), len(categories))
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
-
-
-def check_output_path(path, *, overwrite=False, inputs=()):
-    """Refuse an output that is one of ``inputs``, or that exists unless ``overwrite``."""
-    if not os.path.exists(path):
-        return
-    for src in inputs:
-        if src is not None and os.path.exists(src) and os.path.samefile(src, path):
-            raise FileExistsError(f"The output {path} is one of the inputs; choose another path.")
-    if not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
 
 
 def write_dataset_json(data, path, *, overwrite=False, inputs=()):

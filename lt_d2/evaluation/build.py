@@ -6,6 +6,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
+from ..data.class_stats import train_class_stats
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_lt_evaluator", "LongTailReport"]
@@ -46,15 +48,8 @@ class LongTailReport(DatasetEvaluator):
 
 
 def _train_stats(cfg):
-    from ..data import get_class_stats
-
-    if not cfg.DATASETS.TRAIN:
-        return None
-    try:
-        return get_class_stats(list(cfg.DATASETS.TRAIN))
-    except (FileNotFoundError, ValueError) as e:
-        logger.warning("Training statistics unavailable (%s): no frequency-group report.", e)
-        return None
+    return train_class_stats(cfg, "no frequency-group scores or report.",
+                             errors=(FileNotFoundError, ValueError))
 
 
 def _has_compiled_ops():

@@ -134,8 +134,10 @@ class MultiLabelEvaluator(DatasetEvaluator):
     def _log_table(self, results, num_images):
         rows = [[k, f"{v:.2f}"] for k, v in results.items()]
         if self._class_image_count is not None:
-            sizes = {g: len(i) for g, i in class_split(self._class_image_count).items()}
-            rows = [r + [sizes.get(r[0][4:], len(self._class_image_count))] for r in rows]
+            counts = self._class_image_count
+            sizes = {"mAP": len(counts), **{f"mAP_{group}": len(idx)
+                                            for group, idx in class_split(counts).items()}}
+            rows = [r + [sizes[r[0]]] for r in rows]
         table = tabulate(rows, headers=["metric", "value", "classes"][:len(rows[0])],
                          tablefmt="pipe")
         logger.info("Multi-label evaluation of '%s' (%d images):\n%s", self._dataset_name,

@@ -3,7 +3,7 @@
 import torch
 from detectron2.config import configurable
 
-from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
 from .utils import one_hot, weighted_bce_mean
 
 # Share of background RoIs on which a frequency group's classes get a negative loss.
@@ -64,10 +64,9 @@ class ACSLLoss(LTClassificationLoss):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        stats = train_class_stats(cfg)
         return {
             "num_classes": num_classes,
-            "frequency": None if stats is None else stats.frequency,
+            **train_stat_args(cfg, frequency="frequency"),
             "score_thresh": cfg.MODEL.LT.ACSL.SCORE_THRESH,
         }
 

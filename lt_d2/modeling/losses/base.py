@@ -1,13 +1,10 @@
 # Copyright (c) lt_d2 contributors.
 """The interface every ROI classification loss of lt_d2 implements, and its registry."""
-import logging
 import math
 
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
 CLS_LOSS_REGISTRY.__doc__ = """
@@ -67,20 +64,14 @@ def build_cls_loss(cfg, num_classes):
     return CLS_LOSS_REGISTRY.get(name)(cfg, num_classes=num_classes)
 
 
-def train_class_stats(cfg):
-    """Class statistics of ``cfg.DATASETS.TRAIN``, or None (with a warning) if unavailable.
+def train_stat_args(cfg, **fields):
+    """Keyword arguments ``{arg: stats.<field>}`` from the training class statistics, each None
+    when they are unavailable: evaluation does not need them, so a config whose training json
+    is absent still builds (and :func:`require` explains the failure if it trains)."""
+    from ...data.class_stats import train_class_stats
 
-    Evaluation does not need them, so a config whose training json is absent still builds.
-    """
-    from ...data import get_class_stats
-
-    if not cfg.DATASETS.TRAIN:
-        return None
-    try:
-        return get_class_stats(list(cfg.DATASETS.TRAIN))
-    except FileNotFoundError as e:
-        logger.warning("Class statistics unavailable (%s); training with this loss will fail.", e)
-        return None
+    stats = train_class_stats(cfg, "training with this loss will fail.")
+    return {arg: None if stats is None else getattr(stats, field) for arg, field in fields.items()}
 
 
 def require(tensor, what):

@@ -7,8 +7,8 @@ Detection applies it to per-RoI one-hot targets over the K classes (background: 
 import torch
 from detectron2.config import configurable
 
-from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
-from .utils import append_zero_background, bce_with_logits, one_hot_foreground
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
+from .utils import append_zero_background, bce_logit_grad, bce_with_logits, one_hot_foreground
 
 REWEIGHTS = ("rebalance", "inv", "sqrt_inv", "CB", "none")
 CB_MODES = ("by_class", "average_n", "average_w", "min_n")
@@ -140,9 +140,7 @@ class _DBLossMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         scaled, targets, grad_scale = ctx.saved_tensors
-        g = torch.sigmoid(scaled).sub_(targets)
-        if grad_scale is not None:
-            g.mul_(grad_scale)
+        g = bce_logit_grad(scaled, targets, grad_scale)
         return g.mul_(grad / scaled.numel()), None, None, None, None, None, None, None
 
 
@@ -177,12 +175,10 @@ class DistributionBalancedLoss(LTClassificationLoss):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        stats = train_class_stats(cfg)
         c = cfg.MODEL.LT.DB
         return {
             "num_classes": num_classes,
-            "class_freq": None if stats is None else stats.image_count,
-            "num_samples": None if stats is None else stats.num_images,
+            **train_stat_args(cfg, class_freq="image_count", num_samples="num_images"),
             "alpha": c.ALPHA, "beta": c.BETA, "mu": c.MU, "neg_scale": c.NEG_SCALE,
             "init_bias": c.INIT_BIAS, "gamma": c.FOCAL_GAMMA, "balance": c.BALANCE,
             "focal": c.FOCAL, "reweight": c.REWEIGHT, "cb_beta": c.CB_BETA, "cb_mode": c.CB_MODE,

@@ -3,7 +3,7 @@
 import torch
 from detectron2.config import configurable
 
-from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
 from .utils import append_zero_background, one_hot_foreground, weighted_bce_mean
 
 
@@ -50,11 +50,9 @@ class EQLLoss(LTClassificationLoss):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        stats = train_class_stats(cfg)
         return {
             "num_classes": num_classes,
-            "image_count": None if stats is None else stats.image_count,
-            "num_images": None if stats is None else stats.num_images,
+            **train_stat_args(cfg, image_count="image_count", num_images="num_images"),
             "lambda_": cfg.MODEL.LT.EQL.LAMBDA,
         }
 

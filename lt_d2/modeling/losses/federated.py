@@ -3,7 +3,7 @@
 import torch
 from detectron2.config import configurable
 
-from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
 from .utils import one_hot_foreground, weighted_bce_mean
 
 
@@ -53,11 +53,10 @@ class FederatedLoss(LTClassificationLoss):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        stats = train_class_stats(cfg)
         head = cfg.MODEL.ROI_BOX_HEAD
         return {
             "num_classes": num_classes,
-            "image_count": None if stats is None else stats.image_count,
+            **train_stat_args(cfg, image_count="image_count"),
             "freq_weight_power": head.FED_LOSS_FREQ_WEIGHT_POWER,
             "num_fed_classes": head.FED_LOSS_NUM_CLASSES,
         }

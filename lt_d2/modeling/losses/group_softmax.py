@@ -6,7 +6,7 @@ import torch
 from detectron2.config import configurable
 from torch.nn import functional as F
 
-from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_class_stats
+from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
 
 
 def class_groups(instance_count, bin_split=(10, 100, 1000)):
@@ -112,11 +112,10 @@ class GroupSoftmaxLoss(LTClassificationLoss):
 
     @classmethod
     def from_config(cls, cfg, num_classes):
-        stats = train_class_stats(cfg)
         c = cfg.MODEL.LT.BAGS
         return {
             "num_classes": num_classes,
-            "instance_count": None if stats is None else stats.instance_count,
+            **train_stat_args(cfg, instance_count="instance_count"),
             "bin_split": c.BIN_SPLIT, "others_ratio": c.OTHERS_RATIO,
             "normalize_scores": c.NORMALIZE_SCORES,
         }

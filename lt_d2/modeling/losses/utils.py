@@ -29,6 +29,13 @@ def bce_with_logits(logits, targets):
     return loss.add_(abs_logits, alpha=0.5).add_(logits, alpha=0.5).addcmul_(logits, targets, value=-1)
 
 
+def bce_logit_grad(logits, targets, scale=None):
+    """dBCE(z, y)/dz = sigmoid(z) - y, times ``scale`` (None: 1), as a new tensor: the closed-form
+    backward of the fused BCE losses."""
+    grad = torch.sigmoid(logits).sub_(targets)
+    return grad if scale is None else grad.mul_(scale)
+
+
 class _WeightedBCESum(torch.autograd.Function):
     """sum_ij w_ij BCE(z_ij, y_ij) with the closed-form gradient w (sigmoid(z) - y): one pass
     forward, one backward, instead of autograd's chain through every element-wise op."""
@@ -44,10 +51,7 @@ class _WeightedBCESum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, targets, weights = ctx.saved_tensors
-        g = torch.sigmoid(logits).sub_(targets)
-        if weights is not None:
-            g.mul_(weights)
-        return g.mul_(grad), None, None
+        return bce_logit_grad(logits, targets, weights).mul_(grad), None, None
 
 
 def sigmoid_with_objectness(logits):
