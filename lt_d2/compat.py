@@ -286,4 +286,10 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     # share the cores between the processes instead of oversubscribing them
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_per_machine))
     comm.synchronize()
-    main_func(*args)
+    try:
+        main_func(*args)
+        # A process that exits while gloo's threads still run aborts ("terminate called without
+        # an active exception"); let every rank finish, then close the group before exiting.
+        comm.synchronize()
+    finally:
+        dist.destroy_process_group()
