@@ -16,5 +16,6 @@ setup(
         "pycocotools",
         "opencv-python-headless",
         "numpy",
+        "numba",
     ],
 )

@@ -30,6 +30,8 @@ from operator import itemgetter
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from . import lvis_fast_masks
+from .lvis_fast_masks import ParsedMasks
 from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, MATCHED,
                               MATCHED_ID0_IGNORED, MATCHED_IGNORED, RECALL_THRESHOLDS,
                               box_candidate_pairs, greedy_match, mask_candidate_pairs)
@@ -65,6 +67,10 @@ def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area
     gt_start, gt_count = np.repeat(lo, group_size), np.repeat(hi - lo, group_size)
     if iou_type == "bbox":
         pairs = box_candidate_pairs(det["box"], gt_start, gt_count, gt["box"])
+    elif "masks" in det:
+        pairs = lvis_fast_masks.mask_candidate_pairs(
+            det["masks"], det["mask_row"], det_group, ParsedMasks.from_rles(gt["rle"]),
+            gt["group"])
     else:  # pycocotools decodes every mask it is given: only those with a ground truth to meet
         with_gt = np.flatnonzero(gt_count)
         pair_det, pair_gt, pair_iou = mask_candidate_pairs(
@@ -205,19 +211,19 @@ def _detections(results, gt, iou_type, max_dets, use_mask_area):
     # federated filtering first: masks are converted and measured only where they can count
     # (boxes of every result are still read, for the NaN check)
     eligible = np.isin(group, gt["present"]) | np.isin(group, gt["negative"])
+    rows = np.flatnonzero(eligible)  # masks: compressed RLEs of these rows only
     if columns:
-        box, rle = _column_geometry(results, keep, image_ids[image], gt["hw"], need_box,
-                                    need_rle, eligible)
+        box, masks = _column_geometry(results, keep, image_ids[image], gt["hw"], need_box,
+                                      need_rle, rows)
         sub = ()
     else:
         sub = results if len(keep) == n else [results[i] for i in keep.tolist()]
     if need_rle and not columns:
         hw = gt["hw"]
         try:
-            rle = [None if not e else _to_rle(r["segmentation"], *hw[r["image_id"]])
-                   if "segmentation" in r
-                   else _to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]])
-                   for r, e in zip(sub, eligible.tolist())]
+            masks = [_to_rle(r["segmentation"], *hw[r["image_id"]]) if "segmentation" in r
+                     else _to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]])
+                     for r in map(sub.__getitem__, rows.tolist())]
         except KeyError as e:
             raise ValueError(f"segm results need a segmentation (or bbox); missing {e}") from None
     if need_box and not columns:
@@ -227,9 +233,10 @@ def _detections(results, gt, iou_type, max_dets, use_mask_area):
         except KeyError:
             if box_area:
                 raise ValueError("some results lack a bbox while the first has one") from None
-            # mask-only results get their mask's box, as in LVISResults (rle exists here)
-            box = np.array([r["bbox"] if "bbox" in r else _NO_BOX if m is None
-                            else mask_utils.toBbox(m) for r, m in zip(sub, rle)],
+            # mask-only results get their mask's box, as in LVISResults (masks exist here)
+            mask_of = dict(zip(rows.tolist(), masks))
+            box = np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(mask_of[i])
+                            if i in mask_of else _NO_BOX for i, r in enumerate(sub)],
                            np.float64).reshape(-1, 4)
     if need_box:
         if np.isnan(box).any():
@@ -238,13 +245,18 @@ def _detections(results, gt, iou_type, max_dets, use_mask_area):
         area = np.fromiter((r["area"] for r in sub), np.float64, len(sub))
     elif box_area:
         area = box[:, 2] * box[:, 3]
-    else:  # 0 (dropped) where not eligible
+    if need_rle:
+        mask_row = np.full(len(keep), -1, np.int64)
+        mask_row[rows] = np.arange(len(rows))
+        masks = _compressed_rles(masks, image_ids[image[rows]], gt["hw"])
+    if not (given_area or box_area):  # 0 (dropped) where not eligible
         area = np.zeros(len(keep))
-        rows = np.flatnonzero(eligible)
-        masks = [rle[i] for i in rows.tolist()]
-        # pycocotools' area() overflows a uint8 count beyond 255 masks (numpy 2)
-        area[rows] = np.concatenate([np.zeros(0)] + [mask_utils.area(masks[i:i + 255])
-                                                     for i in range(0, len(masks), 255)])
+        if lvis_fast_masks.AVAILABLE:
+            area[rows] = masks.area
+        else:
+            # pycocotools' area() overflows a uint8 count beyond 255 masks (numpy 2)
+            area[rows] = np.concatenate([np.zeros(0)] + [mask_utils.area(masks[i:i + 255])
+                                                         for i in range(0, len(masks), 255)])
     del sub
 
     evaluated = (area > 0) & (area < np.inf) & eligible
@@ -254,8 +266,10 @@ def _detections(results, gt, iou_type, max_dets, use_mask_area):
                area=area[order], not_exhaustive=np.isin(group[order], gt["not_exhaustive"]))
     if iou_type == "bbox":
         det["box"] = box[order]
+    elif lvis_fast_masks.AVAILABLE:
+        det["masks"], det["mask_row"] = masks, mask_row[order]
     else:
-        det["rle"] = [rle[i] for i in order.tolist()]
+        det["rle"] = [masks[i] for i in mask_row[order].tolist()]
     return det
 
 
@@ -308,31 +322,39 @@ def _check_columns(columns):
     return raw_image.astype(np.int64), raw_cat.astype(np.int64), score.astype(np.float64)
 
 
-def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, eligible):
-    """(boxes, rles) of the rows keep of columnar results; None for what is not needed, and
-    rles only where eligible (None elsewhere)."""
-    box = rle = None
+def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
+    """(boxes, masks) of the rows keep of columnar results: boxes of all of them, compressed
+    RLEs of keep[rows] only; None for what is not needed."""
+    box = masks = None
     if "bbox" in columns:
         box = np.asarray(columns["bbox"], np.float64).reshape(-1, 4)[keep]
     if need_rle:
-        rows = np.flatnonzero(eligible)
         segm = columns.get("segmentation")
-        sizes = [hw[i] for i in image_id[rows].tolist()]
-        if segm is None and box is None:  # no rows (_check_columns)
+        if segm is not None:  # as given: made compressed RLEs by _compressed_rles if need be
+            masks = list(map(segm.__getitem__, keep[rows].tolist()))
+        elif box is None:  # no rows (_check_columns)
             masks = []
-        elif segm is None:  # boxes as masks, as LVISResults does for box-only results
-            masks = [_to_rle([_box_polygon(b)], *size)
-                     for b, size in zip(box[rows].tolist(), sizes)]
-        else:
-            masks = [_to_rle(segm[i], *size) for i, size in zip(keep[rows].tolist(), sizes)]
-        rle = [None] * len(keep)
-        for i, m in zip(rows.tolist(), masks):
-            rle[i] = m
+        else:  # boxes as masks, as LVISResults does for box-only results
+            masks = [_to_rle([_box_polygon(b)], *hw[i])
+                     for b, i in zip(box[rows].tolist(), image_id[rows].tolist())]
         if need_box and box is None:  # mask-only results get their mask's box, as LVISResults
             box = np.zeros((len(keep), 4))
             if masks:
+                if lvis_fast_masks.compressed_counts(masks) is None:
+                    masks = [_to_rle(m, *hw[i]) for m, i in zip(masks, image_id[rows].tolist())]
                 box[rows] = mask_utils.toBbox(masks)
-    return box, rle
+    return box, masks
+
+
+def _compressed_rles(masks, image_id, hw):
+    """masks as compressed RLEs, and, with numba, as one :class:`ParsedMasks`."""
+    counts = lvis_fast_masks.compressed_counts(masks)
+    if counts is None:  # polygons or uncompressed RLEs: convert with the image size
+        masks = [_to_rle(m, *hw[i]) for m, i in zip(masks, image_id.tolist())]
+        counts = [m["counts"] for m in masks]
+    if lvis_fast_masks.AVAILABLE:
+        return ParsedMasks.from_rles(masks, counts)
+    return masks
 
 
 def _score_rank(score):

@@ -1,0 +1,127 @@
+# Copyright (c) lt_d2 contributors.
+"""The compiled mask path of the fast LVIS evaluation against pycocotools, value for value."""
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+
+from lt_d2.evaluation import lvis_fast_masks
+from lt_d2.evaluation.lvis_fast_masks import ParsedMasks, compressed_counts, mask_candidate_pairs
+from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis
+
+from .test_lvis_fast import assert_same_as_lvis_api, random_dataset
+
+needs_numba = pytest.mark.skipif(not lvis_fast_masks.AVAILABLE, reason="numba not installed")
+
+
+def random_masks(rng, count, height, width):
+    """Binary masks that exercise the RLE format: blobs, empty, full, single pixels, masks
+    that start with foreground, stripes (long count lists, multi-character numbers)."""
+    masks = np.zeros((count, height, width), np.uint8)
+    for i in range(count):
+        kind = i % 7
+        if kind == 0:
+            pass  # empty
+        elif kind == 1:
+            masks[i] = 1
+        elif kind == 2:
+            masks[i, 0, 0] = 1  # foreground first: the first count is 0
+        elif kind == 3:
+            masks[i, :, int(rng.integers(0, width)):] = 1  # runs that wrap into the next column
+        elif kind == 4:
+            masks[i, ::2, ::3] = 1
+        else:
+            x0, y0 = rng.integers(0, width - 1), rng.integers(0, height - 1)
+            x1, y1 = rng.integers(x0 + 1, width + 1), rng.integers(y0 + 1, height + 1)
+            masks[i, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.9
+    return masks
+
+
+def encode(masks, as_str):
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        if as_str:
+            rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+@needs_numba
+@pytest.mark.parametrize("as_str", [True, False])
+def test_areas_and_extents_match_pycocotools(as_str):
+    rng = np.random.default_rng(0)
+    masks = random_masks(rng, 70, 37, 300)  # 37 * 300 > 2 ** 13: counts of 3+ characters
+    rles = encode(masks, as_str)
+    parsed = ParsedMasks.from_rles(rles)
+    np.testing.assert_array_equal(parsed.area, mask_utils.area(rles).astype(np.int64))
+    for mask, (x0, y0, x1, y1) in zip(masks, parsed.extent.tolist()):
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            assert x1 < x0 or y1 < y0
+        else:  # every pixel inside; exact where no run wraps (rows of one column)
+            assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+            assert (x0, x1) == (xs.min(), xs.max())
+
+
+@needs_numba
+def test_candidate_pairs_equal_pycocotools_iou():
+    rng = np.random.default_rng(1)
+    det_masks, gt_masks = [], []
+    for _ in range(4):  # masks that overlap a lot: random boxes within a small image
+        det_masks.append(random_masks(rng, 21, 24, 40))
+        gt_masks.append(random_masks(rng, 7, 24, 40))
+    det_masks, gt_masks = np.concatenate(det_masks), np.concatenate(gt_masks)
+    # near copies of ground truth, so that many pairs pass 0.5
+    copies = gt_masks[rng.integers(0, len(gt_masks), 40)].copy()
+    copies[:, rng.integers(0, 24, 40), rng.integers(0, 40, 40)] ^= 1
+    det_masks = np.concatenate([det_masks, copies])
+    det_rles, gt_rles = encode(det_masks, True), encode(gt_masks, False)
+    gt_rles.append(encode(np.ones((1, 25, 40), np.uint8), False)[0])  # another size: IoU -1
+    det_group = np.sort(rng.integers(0, 5, len(det_rles)))
+    gt_group = np.sort(rng.integers(1, 6, len(gt_rles)))
+    det_rows = rng.permutation(len(det_rles))  # detection i is mask det_rows[i]
+    pairs = mask_candidate_pairs(ParsedMasks.from_rles(det_rles), det_rows, det_group,
+                                 ParsedMasks.from_rles(gt_rles), gt_group)
+
+    expected = []
+    for i, group in enumerate(det_group.tolist()):
+        for j in np.flatnonzero(gt_group == group).tolist():
+            iou = mask_utils.iou([det_rles[det_rows[i]]], [gt_rles[j]], [0])[0, 0]
+            if iou >= 0.5:
+                expected.append((i, j, iou))
+    got = sorted(zip(*(p.tolist() for p in pairs)))
+    assert len(expected) > 20
+    assert got == sorted(expected)  # == on floats: bit-identical IoUs
+
+
+def test_compressed_counts_tells_polygons_and_uncompressed_apart():
+    rle = encode(np.ones((1, 4, 4), np.uint8), True)[0]
+    assert compressed_counts([rle]) == [rle["counts"]]
+    assert compressed_counts([[[0, 0, 1, 0, 1, 1]]]) is None
+    assert compressed_counts([{"size": [4, 4], "counts": [0, 16]}]) is None
+    with pytest.raises(ValueError, match="compressed RLEs"):
+        ParsedMasks.from_rles([{"size": [4, 4], "counts": [0, 16]}])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_segm_same_as_lvis_api_with_and_without_numba(monkeypatch, compiled):
+    if compiled and not lvis_fast_masks.AVAILABLE:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(lvis_fast_masks, "AVAILABLE", compiled)
+    rng = np.random.default_rng(7)
+    dataset, results = random_dataset(rng, 60, 12, segm=True)
+    assert_same_as_lvis_api(dataset, results, "segm")
+    assert_same_as_lvis_api(dataset, results, "segm", max_dets=5)
+    metrics, precision = evaluate_lvis(dataset, results, "segm", max_dets=5)
+    # lvis-api takes compressed RLEs only; the same masks as uncompressed RLEs score the same
+    for r in results[:10]:
+        r["segmentation"] = uncompressed(r["segmentation"])
+    for given in (results, columnar_results(results)):
+        again, again_precision = evaluate_lvis(dataset, given, "segm", max_dets=5)
+        assert again == metrics
+        np.testing.assert_array_equal(again_precision, precision)
+
+
+def uncompressed(rle):
+    flat = mask_utils.decode(rle).ravel(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.r_[0, change, len(flat)]).tolist()
+    return {"size": rle["size"], "counts": ([0] if flat[0] else []) + runs}
