@@ -8,7 +8,10 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis, result_dicts  # first: lt_d2 fixes lvis's np.float
-from lt_d2.evaluation.lvis_fast_match import box_iou_rowwise
+from lt_d2.evaluation.lvis_fast_accumulate import accumulate
+from lt_d2.evaluation.lvis_fast_match import (AREA_RANGES, IOU_THRESHOLDS, MATCHED,
+                                              MATCHED_ID0_IGNORED, MATCHED_IGNORED,
+                                              RECALL_THRESHOLDS, box_iou_rowwise)
 from lvis import LVIS, LVISEval, LVISResults
 
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
@@ -283,6 +286,62 @@ def test_columns_of_masks_only_and_empty():
     empty = {k: np.zeros(0, np.int64) for k in ("image_id", "category_id", "score")}
     assert evaluate_lvis(dataset, empty)[0] == evaluate_lvis(dataset, [])[0]
 
+
+def test_accumulate_matches_a_per_category_loop():
+    """accumulate, all categories at once, against lvis-api's accumulation loop on its inputs."""
+    rng = np.random.default_rng(8)
+    num_thr, num_areas, num_ranks = len(IOU_THRESHOLDS), len(AREA_RANGES), 50
+    # category 0: detections without ground truth; 1: ground truth without detections; category
+    # 5: more ground truths than recall thresholds, and runs of true positives of > 128
+    num_gt = [0, 7, 1, 4, 30, 150]
+    gt_cat = np.repeat(np.arange(len(num_gt)), num_gt)
+    gt = dict(num_cats=len(num_gt), cat=gt_cat, ignore=rng.random((len(gt_cat), num_areas)) < 0.3)
+    cat = np.repeat(np.arange(len(num_gt)), [20, 0, 3, 15, 60, 1200])
+    image, rank = rng.integers(0, 30, len(cat)), rng.integers(0, num_ranks, len(cat))  # ties
+    order = np.lexsort((rank, cat, image))  # lvis_fast's (image, category, score) order
+    n = len(cat)
+    det = dict(image=image[order], cat=cat[order], score_rank=rank[order], num_ranks=num_ranks,
+               area=rng.choice([10.0, 32.0 ** 2, 2000.0, 96.0 ** 2, 5e4], n),
+               not_exhaustive=rng.random(n) < 0.1)
+    active = np.flatnonzero(rng.random(n) < 0.7)
+    state = rng.integers(0, 5, (len(active), num_areas * num_thr)).astype(np.int8)
+    # as greedy_match: a true positive only where the category has ground truth in the range
+    gt_in_range = np.stack([np.bincount(gt_cat[~gt["ignore"][:, a]], minlength=len(num_gt))
+                            for a in range(num_areas)], 1) > 0
+    state[(state == MATCHED) & ~np.repeat(gt_in_range[det["cat"][active]], num_thr, 1)] = 0
+
+    expected_precision = -np.ones((num_thr, len(RECALL_THRESHOLDS), len(num_gt), num_areas))
+    expected_recall = -np.ones((num_thr, len(num_gt), num_areas))
+    all_states = np.zeros((n, num_areas * num_thr), np.int8)
+    all_states[active] = state
+    by_score = np.lexsort((np.arange(n), det["image"], det["score_rank"]))  # then image, input
+    for k in range(len(num_gt)):
+        idx = by_score[det["cat"][by_score] == k]
+        area = det["area"][idx]
+        for a, (lo, hi) in enumerate(AREA_RANGES):
+            g = np.count_nonzero((gt_cat == k) & ~gt["ignore"][:, a])
+            if g == 0:
+                continue
+            outside = (area < lo) | (area > hi) | det["not_exhaustive"][idx]
+            for t in range(num_thr):
+                s = all_states[idx, a * num_thr + t]
+                matched = (s == MATCHED) | (s == MATCHED_IGNORED)
+                ignored = (s == MATCHED_IGNORED) | (s == MATCHED_ID0_IGNORED) | (~matched & outside)
+                tp = np.cumsum(matched & ~ignored).astype(float)
+                fp = np.cumsum(~matched & ~ignored).astype(float)
+                pr = (tp / (fp + tp + np.spacing(1))).tolist()
+                for i in range(len(pr) - 1, 0, -1):
+                    pr[i - 1] = max(pr[i - 1], pr[i])
+                at = np.searchsorted(tp / g, RECALL_THRESHOLDS, side="left")
+                expected_precision[t, :, k, a] = [pr[i] if i < len(pr) else 0.0 for i in at]
+                expected_recall[t, k, a] = tp[-1] / g if len(tp) else 0.0
+
+    precision, recall = accumulate(det, gt, active, state)
+    assert np.array_equal(precision, expected_precision)
+    assert np.array_equal(recall, expected_recall)
+    assert (precision[:, :, 0] == -1).all()
+    assert (precision[:, :, 1][..., gt_in_range[1]] == 0).all()
+    assert (recall[:, 2:] > 0).any(axis=(0, 2)).all()  # every other category has true positives
 
 @pytest.mark.parametrize("distributed", [False, True])
 def test_lt_lvis_evaluator_backends_agree(tmp_path, distributed):

@@ -23,7 +23,6 @@ pycocotools' mask parsing and IoU being shared with lvis-api.
 import itertools
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Mapping
 from operator import itemgetter
 
@@ -31,12 +30,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from . import lvis_fast_masks
+from .lvis_fast_accumulate import accumulate, summarize
 from .lvis_fast_masks import ParsedMasks
-from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, MATCHED,
-                              MATCHED_ID0_IGNORED, MATCHED_IGNORED, RECALL_THRESHOLDS,
-                              box_candidate_pairs, greedy_match, mask_candidate_pairs)
+from .lvis_fast_match import (AREA_RANGES, FREQUENCIES, box_candidate_pairs, greedy_match,
+                              mask_candidate_pairs)
 
-FREQUENCIES = ["r", "c", "f"]
 
 
 def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area=False):
@@ -78,8 +76,8 @@ def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area
             gt["rle"], gt["image"], gt["cat"])
         pairs = with_gt[pair_det], pair_gt, pair_iou
     active, state = greedy_match(*pairs, det_group, gt["ignore"], gt["id"] == 0)
-    precision, recall = _accumulate(det, gt, active, state)
-    metrics = _summarize(precision, recall, gt["freq_groups"])
+    precision, recall = accumulate(det, gt, active, state)
+    metrics = summarize(precision, recall, gt["freq_groups"])
     return metrics, precision
 
 
@@ -379,97 +377,3 @@ _NO_BOX = [0.0, 0.0, 0.0, 0.0]  # of a result that is dropped anyway
 def _box_polygon(box):
     x1, y1, w, h = box
     return [x1, y1, x1, y1 + h, x1 + w, y1 + h, x1 + w, y1]
-
-
-def _accumulate(det, gt, active, state):
-    """``LVISEval.accumulate``, per category, with its 4 area ranges x 10 thresholds as rows."""
-    num_thr, num_areas, num_cats = len(IOU_THRESHOLDS), len(AREA_RANGES), gt["num_cats"]
-    precision = -np.ones((num_thr, len(RECALL_THRESHOLDS), num_cats, num_areas))
-    recall = -np.ones((num_thr, num_cats, num_areas))
-    # num_gt per (category, area): ground truths not ignored in that range
-    num_gt = np.stack([np.bincount(gt["cat"][~gt["ignore"][:, a]], minlength=num_cats)
-                       for a in range(num_areas)], 1)
-    active_row = np.full(len(det["cat"]), -1, np.int64)
-    active_row[active] = np.arange(len(active))
-    # lvis-api concatenates the images in id order, each sorted by score, then stable-sorts by
-    # score: ties go to the lower image id, then to the input order (the order within a group)
-    order = _stable_order(det["cat"] * det["num_ranks"] + det["score_rank"], det["image"],
-                          len(gt["image_ids"]))
-    bounds = np.searchsorted(det["cat"][order], np.arange(num_cats + 1))
-    lows = np.array([lo for lo, _ in AREA_RANGES])[:, None]
-    highs = np.array([hi for _, hi in AREA_RANGES])[:, None]
-    for k in np.flatnonzero(num_gt.any(1)).tolist():
-        idx = order[bounds[k]:bounds[k + 1]]
-        num = len(idx)
-        if num == 0:
-            has_gt = num_gt[k] > 0
-            precision[:, :, k, has_gt] = 0.0
-            recall[:, k, has_gt] = 0.0
-            continue
-        rows = active_row[idx]
-        cat_state = np.zeros((num_areas * num_thr, num), np.int8)
-        cat_state[:, rows >= 0] = state[rows[rows >= 0]].T
-        matched = (cat_state == MATCHED) | (cat_state == MATCHED_IGNORED)
-        ignored = (cat_state == MATCHED_IGNORED) | (cat_state == MATCHED_ID0_IGNORED)
-        area = det["area"][idx]
-        outside = (area < lows) | (area > highs) | det["not_exhaustive"][idx]
-        ignored |= ~matched & np.repeat(outside, num_thr, axis=0)
-        tp_count = np.cumsum(matched & ~ignored, axis=1)
-        fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(np.float64)
-        tp_sum = tp_count.astype(np.float64)
-        gts = np.repeat(np.maximum(num_gt[k], 1), num_thr)[:, None]  # rows without gt unused
-        with np.errstate(invalid="ignore"):
-            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-        pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # max precision to the right
-        at = _first_reaching(tp_count, gts, num)
-        pr_at = np.where(at < num, np.take_along_axis(pr, np.minimum(at, num - 1), 1), 0.0)
-        rc_last = tp_sum[:, -1] / gts[:, 0]
-        for a in np.flatnonzero(num_gt[k]).tolist():
-            rows_a = slice(a * num_thr, (a + 1) * num_thr)
-            precision[:, :, k, a] = pr_at[rows_a]
-            recall[:, k, a] = rc_last[rows_a]
-    return precision, recall
-
-
-def _first_reaching(tp_count, num_gt, num):
-    """np.searchsorted(tp / num_gt, RECALL_THRESHOLDS, "left") for every row of tp_count.
-
-    Division rounds monotonically, so recall tp/num_gt reaches threshold r exactly when tp
-    reaches the smallest integer c with c / num_gt >= r (in doubles): one integer searchsorted
-    over all rows, kept apart by an offset of num + 1 per row.
-    """
-    needed = np.floor(RECALL_THRESHOLDS * num_gt).astype(np.int64) - 1
-    needed = np.maximum(needed, 0)
-    for _ in range(3):  # floor(r * g) - 1 is at most 3 below the answer
-        needed += needed / num_gt < RECALL_THRESHOLDS
-    offsets = np.arange(len(tp_count))[:, None] * (num + 1)
-    flat = (tp_count + offsets).ravel()
-    found = np.searchsorted(flat, np.minimum(needed, num + 1) + offsets)
-    return found - np.arange(len(tp_count))[:, None] * num
-
-
-def _summarize(precision, recall, freq_groups):
-    """``LVISEval.summarize``, with the same indexing so the means sum in the same order."""
-    def mean(kind, iou_thr=None, area="all", freq_group=None):
-        aidx = [AREA_LABELS.index(area)]
-        s = precision if kind == "ap" else recall
-        if iou_thr is not None:
-            s = s[np.where(iou_thr == IOU_THRESHOLDS)[0]]
-        if kind == "ap":
-            s = s[:, :, :, aidx] if freq_group is None else s[:, :, freq_groups[freq_group], aidx]
-        else:
-            s = s[:, :, aidx]
-        return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
-
-    metrics = OrderedDict()
-    metrics["AP"] = mean("ap")
-    metrics["AP50"] = mean("ap", iou_thr=0.50)
-    metrics["AP75"] = mean("ap", iou_thr=0.75)
-    for area in ("small", "medium", "large"):
-        metrics["AP" + area[0]] = mean("ap", area=area)
-    for group, freq in enumerate(FREQUENCIES):
-        metrics["AP" + freq] = mean("ap", freq_group=group)
-    metrics["AR@300"] = mean("ar")
-    for area in ("small", "medium", "large"):
-        metrics[f"AR{area[0]}@300"] = mean("ar", area=area)
-    return metrics
