@@ -5,7 +5,8 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from lt_d2.evaluation import lvis_fast_masks
-from lt_d2.evaluation.lvis_fast_masks import ParsedMasks, compressed_counts, mask_candidate_pairs
+from lt_d2.evaluation.lvis_fast_masks import ParsedMasks, mask_candidate_pairs
+from lt_d2.evaluation.rle_column import RLEColumn, compressed_counts
 from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis
 
 from .test_lvis_fast import assert_same_as_lvis_api, random_dataset
@@ -52,6 +53,9 @@ def test_areas_and_extents_match_pycocotools(as_str):
     rles = encode(masks, as_str)
     parsed = ParsedMasks.from_rles(rles)
     np.testing.assert_array_equal(parsed.area, mask_utils.area(rles).astype(np.int64))
+    decoded = parsed.decoded()  # the same measures from decoded counts
+    np.testing.assert_array_equal(decoded.area, parsed.area)
+    np.testing.assert_array_equal(decoded.extent, parsed.extent)
     for mask, (x0, y0, x1, y1) in zip(masks, parsed.extent.tolist()):
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
@@ -79,7 +83,7 @@ def test_candidate_pairs_equal_pycocotools_iou():
     gt_group = np.sort(rng.integers(1, 6, len(gt_rles)))
     det_rows = rng.permutation(len(det_rles))  # detection i is mask det_rows[i]
     pairs = mask_candidate_pairs(ParsedMasks.from_rles(det_rles), det_rows, det_group,
-                                 ParsedMasks.from_rles(gt_rles), gt_group)
+                                 ParsedMasks.from_rles(gt_rles).decoded(), gt_group)
 
     expected = []
     for i, group in enumerate(det_group.tolist()):
@@ -98,7 +102,7 @@ def test_compressed_counts_tells_polygons_and_uncompressed_apart():
     assert compressed_counts([[[0, 0, 1, 0, 1, 1]]]) is None
     assert compressed_counts([{"size": [4, 4], "counts": [0, 16]}]) is None
     with pytest.raises(ValueError, match="compressed RLEs"):
-        ParsedMasks.from_rles([{"size": [4, 4], "counts": [0, 16]}])
+        RLEColumn.from_rles([{"size": [4, 4], "counts": [0, 16]}])
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -125,3 +129,50 @@ def uncompressed(rle):
     change = np.flatnonzero(np.diff(flat)) + 1
     runs = np.diff(np.r_[0, change, len(flat)]).tolist()
     return {"size": rle["size"], "counts": ([0] if flat[0] else []) + runs}
+
+
+def random_polygons(rng, count, height, width):
+    """Polygon lists as annotators and converters make them: parts of 3-12 corners, some
+    outside the image, repeated corners, integer and fractional coordinates, odd lengths."""
+    segms = []
+    for i in range(count):
+        parts = []
+        for _ in range(1 + (i % 4 == 0) + (i % 9 == 0)):
+            corners = int(rng.integers(3, 13))
+            cx, cy = rng.uniform(-20, width + 20), rng.uniform(-20, height + 20)
+            radius = rng.choice([0.4, 3, 30, 150]) * rng.uniform(0.5, 1.5, corners)
+            angle = np.sort(rng.uniform(0, 2 * np.pi, corners))
+            xy = np.stack([cx + radius * np.cos(angle), cy + radius * np.sin(angle)], 1)
+            if i % 3 == 0:
+                xy = np.round(xy)
+            if i % 5 == 0:
+                xy = np.repeat(xy, 2, axis=0)  # every corner twice
+            part = xy.ravel().tolist()
+            if i % 7 == 0:
+                part.append(1.0)  # odd length: pycocotools ignores the last number
+            parts.append(part)
+        segms.append(parts)
+    return segms
+
+
+@needs_numba
+def test_polygons_rasterised_like_pycocotools():
+    from lt_d2.evaluation.lvis_fast import _to_rle
+    from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
+
+    rng = np.random.default_rng(3)
+    segms, hw = [], []
+    for height, width in [(60, 80), (333, 500), (1, 40), (480, 7)]:
+        segms += random_polygons(rng, 150, height, width)
+        hw += [(height, width)] * 150
+    segms[0] = [[5.0, 5.0, 20.0, 5.0, 20.0, 30.0], [1.0, 1.0, 3.0, 3.0], []]  # 2 and 0 corners
+    # RLEs go through pycocotools
+    segms[2] = {"size": [60, 80], "counts": [7, 30, 60 * 80 - 37]}
+    segms[3] = encode(np.ones((1, 60, 80), np.uint8), False)[0]
+    masks = ground_truth_masks(segms, hw, _to_rle)
+    expected = [_to_rle(segm, *size) for segm, size in zip(segms, hw)]
+    reference = ParsedMasks.from_rles(expected).decoded()
+    np.testing.assert_array_equal(masks.count_start, reference.count_start)
+    np.testing.assert_array_equal(masks.counts, reference.counts)
+    areas = [mask_utils.area(expected[i:i + 200]) for i in range(0, len(expected), 200)]
+    np.testing.assert_array_equal(masks.area, np.concatenate(areas))  # (> 255 at once overflow)

@@ -34,6 +34,7 @@ sys.path.insert(0, REPO)
 import pycocotools.mask as mask_utils  # noqa: E402
 
 from lt_d2.evaluation.lvis_fast import evaluate_lvis  # noqa: E402  (imports lt_d2: lvis's np.float fix)
+from lt_d2.evaluation.rle_column import RLEColumn  # noqa: E402
 
 
 def octagon(x, y, w, h):
@@ -44,7 +45,8 @@ def octagon(x, y, w, h):
 
 def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar=False):
     """(dataset dict, results): lvis-format result dicts, or with columnar the same detections
-    as evaluate_lvis' columns, built as arrays without a dict ever existing."""
+    as evaluate_lvis' columns (masks as an RLEColumn, as LTLVISEvaluator keeps them), built
+    without a result dict ever existing."""
     rng = np.random.default_rng(seed)
     num_r, num_c = round(num_classes * 337 / 1203), round(num_classes * 461 / 1203)
     freq = np.array(["r"] * num_r + ["c"] * num_c + ["f"] * (num_classes - num_r - num_c))
@@ -120,14 +122,14 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar
         if not segm:
             results["bbox"] = det_box[order]
             return dataset, results
-        results["segmentation"] = []
+        per_image = []  # as LTLVISEvaluator keeps masks: one RLEColumn per image, then joined
         bounds = np.searchsorted(det_img, np.arange(num_images + 1))
         for i, box in enumerate(np.split(det_box[order], bounds[1:-1])):
             rles = mask_utils.frPyObjects([octagon(*b) for b in box.tolist()],
                                           int(height[i]), int(width[i]))
-            for rle in rles:
-                rle["counts"] = rle["counts"].decode("ascii")
-            results["segmentation"].extend(rles)
+            per_image.append(RLEColumn.from_counts([rle["counts"] for rle in rles],
+                                                   np.tile([height[i], width[i]], (len(rles), 1))))
+        results["segmentation"] = RLEColumn.concatenate(per_image)
         return dataset, results
     image_id = list(range(1, num_images + 1))  # one int object per image, as detectron2 makes
     det_img, det_cat, det_score = det_img[order].tolist(), det_cat[order].tolist(), det_score[order].tolist()
@@ -154,7 +156,7 @@ def first_images(dataset, results, num_images):
                   annotations=[a for a in dataset["annotations"] if a["image_id"] <= num_images])
     if isinstance(results, dict):
         rows = np.flatnonzero(results["image_id"] <= num_images)
-        return subset, {k: v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows.tolist()]
+        return subset, {k: v[rows] if isinstance(v, np.ndarray) else v.take(rows)
                         for k, v in results.items()}
     return subset, [r for r in results if r["image_id"] <= num_images]
 

@@ -15,6 +15,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from .lvis_fast import evaluate_lvis, result_dicts
+from .rle_column import RLEColumn
 
 BACKENDS = ("fast", "lvis-api")
 # detectron2 reports these, in percent
@@ -43,8 +44,8 @@ class LTLVISEvaluator(LVISEvaluator):
 
     def process(self, inputs, outputs):
         """detectron2's ``instances_to_coco_json``, as columns: image_id, category_id
-        (contiguous), score (float32), bbox (float32 XYWH) and, with masks, segmentation (RLEs
-        with str counts); the values are those its dicts would hold, in the same order.
+        (contiguous), score (float32), bbox (float32 XYWH) and, with masks, segmentation (an
+        :class:`RLEColumn`); the values are those its dicts would hold, in the same order.
         """
         for input, output in zip(inputs, outputs):
             prediction = {"image_id": input["image_id"]}
@@ -145,9 +146,9 @@ def _instances_to_columns(instances, image_id):
         masks = instances.pred_masks.numpy().astype(np.uint8)
         # one call for the image: pycocotools encodes a Fortran-ordered H x W x N stack per mask
         rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("utf-8")  # json-serialisable, like detectron2
-        columns["segmentation"] = rles
+        # one buffer instead of a dict per mask; reads as detectron2's dicts (str counts)
+        columns["segmentation"] = RLEColumn.from_counts(
+            [rle["counts"] for rle in rles], np.tile(masks.shape[1:], (len(rles), 1)))
     return columns
 
 
@@ -165,7 +166,8 @@ def _concat_columns(per_image):
     }
     # as detectron2: no segm task when not a single mask was predicted
     if any(c.get("segmentation") for c in per_image):
-        columns["segmentation"] = [rle for c in per_image for rle in c.get("segmentation", [])]
+        columns["segmentation"] = RLEColumn.concatenate(
+            c["segmentation"] for c in per_image if "segmentation" in c)
     return columns
 
 

@@ -32,6 +32,8 @@ import pycocotools.mask as mask_utils
 from . import lvis_fast_masks
 from .lvis_fast_accumulate import accumulate, summarize
 from .lvis_fast_masks import ParsedMasks
+from .lvis_fast_polygons import ground_truth_masks
+from .rle_column import RLEColumn, compressed_counts
 from .lvis_fast_match import (AREA_RANGES, FREQUENCIES, box_candidate_pairs, greedy_match,
                               mask_candidate_pairs)
 
@@ -67,8 +69,7 @@ def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area
         pairs = box_candidate_pairs(det["box"], gt_start, gt_count, gt["box"])
     elif "masks" in det:
         pairs = lvis_fast_masks.mask_candidate_pairs(
-            det["masks"], det["mask_row"], det_group, ParsedMasks.from_rles(gt["rle"]),
-            gt["group"])
+            det["masks"], det["mask_row"], det_group, gt["masks"], gt["group"])
     else:  # pycocotools decodes every mask it is given: only those with a ground truth to meet
         with_gt = np.flatnonzero(gt_count)
         pair_det, pair_gt, pair_iou = mask_candidate_pairs(
@@ -142,6 +143,9 @@ def _ground_truth(dataset, iou_type):
     gt["hw"] = {img_id: (img.get("height"), img.get("width")) for img_id, img in images.items()}
     if iou_type == "bbox":
         gt["box"] = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+    elif lvis_fast_masks.AVAILABLE:
+        gt["masks"] = ground_truth_masks([a["segmentation"] for a in anns],
+                                         [gt["hw"][a["image_id"]] for a in anns], _to_rle)
     else:
         gt["rle"] = [_to_rle(a["segmentation"], *gt["hw"][a["image_id"]]) for a in anns]
     return gt
@@ -328,7 +332,9 @@ def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
         box = np.asarray(columns["bbox"], np.float64).reshape(-1, 4)[keep]
     if need_rle:
         segm = columns.get("segmentation")
-        if segm is not None:  # as given: made compressed RLEs by _compressed_rles if need be
+        if isinstance(segm, RLEColumn):
+            masks = segm.take(keep[rows])
+        elif segm is not None:  # as given: made compressed RLEs by _compressed_rles if need be
             masks = list(map(segm.__getitem__, keep[rows].tolist()))
         elif box is None:  # no rows (_check_columns)
             masks = []
@@ -337,22 +343,19 @@ def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
                      for b, i in zip(box[rows].tolist(), image_id[rows].tolist())]
         if need_box and box is None:  # mask-only results get their mask's box, as LVISResults
             box = np.zeros((len(keep), 4))
-            if masks:
-                if lvis_fast_masks.compressed_counts(masks) is None:
-                    masks = [_to_rle(m, *hw[i]) for m, i in zip(masks, image_id[rows].tolist())]
-                box[rows] = mask_utils.toBbox(masks)
+            if len(masks):
+                box[rows] = mask_utils.toBbox(_compressed_rles(masks, image_id[rows], hw, False))
     return box, masks
 
 
-def _compressed_rles(masks, image_id, hw):
-    """masks as compressed RLEs, and, with numba, as one :class:`ParsedMasks`."""
-    counts = lvis_fast_masks.compressed_counts(masks)
-    if counts is None:  # polygons or uncompressed RLEs: convert with the image size
+def _compressed_rles(masks, image_id, hw, parse=True):
+    """masks as compressed RLE dicts or, with numba and parse, as :class:`ParsedMasks`."""
+    if not isinstance(masks, RLEColumn) and compressed_counts(masks) is None:
+        # polygons or uncompressed RLEs: convert with the image size
         masks = [_to_rle(m, *hw[i]) for m, i in zip(masks, image_id.tolist())]
-        counts = [m["counts"] for m in masks]
-    if lvis_fast_masks.AVAILABLE:
-        return ParsedMasks.from_rles(masks, counts)
-    return masks
+    if parse and lvis_fast_masks.AVAILABLE:
+        return ParsedMasks(masks if isinstance(masks, RLEColumn) else RLEColumn.from_rles(masks))
+    return list(masks) if isinstance(masks, RLEColumn) else masks
 
 
 def _score_rank(score):

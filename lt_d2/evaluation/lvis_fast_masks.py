@@ -17,15 +17,14 @@ masks' pixel extents) / max(area) proves IoU < 0.5, all in integers.
 numba is an install requirement; where it cannot be imported, :data:`AVAILABLE` is False and
 lvis_fast falls back to pycocotools.
 """
-import itertools
-from operator import itemgetter
-
 import numpy as np
 
 try:
     import numba
 except ImportError:  # pragma: no cover - exercised by the fallback test with AVAILABLE=False
     numba = None
+
+from .rle_column import RLEColumn
 
 AVAILABLE = numba is not None
 
@@ -63,22 +62,48 @@ def _decode(buf, start, end, out):
     return m
 
 
-@_jit(parallel=True)
-def _measure(buf, string_start, heights):
-    """Area (pycocotools' rleArea) and pixel extent [x0, y0, x1, y1] of every mask.
+@_jit
+def _add_run(state, j, count, position, h):
+    """Fold the j-th count of a mask into state = [area, first on, last on, y0, y1]: the area
+    as pycocotools' rleArea, the pixel extent as the smallest box around the foreground runs
+    (whole image height for a run that wraps into the next column)."""
+    if j % 2 == 1 and count > 0:
+        state[0] += count
+        if state[1] < 0:
+            state[1] = position
+        state[2] = position + count - 1
+        top, bottom = position % h, state[2] % h
+        if bottom < top or count >= h:
+            state[3], state[4] = 0, h - 1
+        else:
+            state[3], state[4] = min(state[3], top), max(state[4], bottom)
 
-    One streaming pass that keeps no counts: only the few masks that can reach IoU 0.5 with a
-    ground truth are decoded again, by _candidates. The extent is the smallest box around the
-    foreground runs, whole image height for a run that wraps into the next column.
-    """
-    n = len(string_start) - 1
-    area = np.zeros(n, np.int64)
+
+@_jit
+def _store(state, h, i, area, extent):
+    area[i] = state[0] & _UINT32
+    if state[1] >= 0:
+        extent[i, 0], extent[i, 1] = state[1] // h, state[3]
+        extent[i, 2], extent[i, 3] = state[2] // h, state[4]
+
+
+def _empty_measures(n):
     extent = np.zeros((n, 4), np.int64)
     extent[:, 2:] = -1  # empty masks: x1 < x0, y1 < y0, no pixel to meet
-    for i in _range(n):  # the masks are independent: spread over the cores
-        p, end, h = string_start[i], string_start[i + 1], heights[i]
-        m, before_last, last, position, total = 0, 0, 0, 0, 0
-        first_on, last_on, y0, y1 = -1, -1, h, -1
+    return np.zeros(n, np.int64), extent
+
+
+@_jit(parallel=True)
+def _measure(buf, string_start, string_end, heights, area, extent):
+    """Area and pixel extent (see _add_run) of every compressed string.
+
+    One streaming pass that keeps no counts: only the few masks that can reach IoU 0.5 with a
+    ground truth are decoded again, by _candidates.
+    """
+    for i in _range(len(string_start)):  # the masks are independent: spread over the cores
+        p, end, h = string_start[i], string_end[i], heights[i]
+        state = np.array([0, -1, -1, h, -1], np.int64)
+        m, before_last, last, position = 0, 0, 0, 0
         while p < end:
             c = np.int64(buf[p]) - 48
             p += 1
@@ -100,31 +125,31 @@ def _measure(buf, string_start, heights):
                 x += before_last
             x &= _UINT32
             before_last, last = last, x
-            if m & 1 and x > 0:
-                total += x
-                if first_on < 0:
-                    first_on = position
-                last_on = position + x - 1
-                top, bottom = position % h, last_on % h
-                if bottom < top or x >= h:
-                    y0, y1 = 0, h - 1
-                else:
-                    y0, y1 = min(y0, top), max(y1, bottom)
+            _add_run(state, m, x, position, h)
             position += x
             m += 1
-        area[i] = total & _UINT32
-        if first_on >= 0:
-            extent[i, 0], extent[i, 1] = first_on // h, y0
-            extent[i, 2], extent[i, 3] = last_on // h, y1
-    return area, extent
+        _store(state, h, i, area, extent)
 
 
 @_jit
-def _decode_all(buf, string_start):
-    counts = np.empty(len(buf), np.int64)  # a count takes at least one character
-    count_start = np.zeros(len(string_start), np.int64)
-    for i in range(len(string_start) - 1):
-        m = _decode(buf, string_start[i], string_start[i + 1], counts[count_start[i]:])
+def _measure_counts(counts, count_start, heights, area, extent):
+    for i in range(len(count_start) - 1):
+        h, position = heights[i], 0
+        state = np.array([0, -1, -1, h, -1], np.int64)
+        for j in range(count_start[i + 1] - count_start[i]):
+            count = counts[count_start[i] + j]
+            _add_run(state, j, count, position, h)
+            position += count
+        _store(state, h, i, area, extent)
+
+
+@_jit
+def _decode_all(buf, string_start, string_end):
+    # a count takes at least one character
+    counts = np.empty(np.sum(string_end - string_start), np.int64)
+    count_start = np.zeros(len(string_start) + 1, np.int64)
+    for i in range(len(string_start)):
+        m = _decode(buf, string_start[i], string_end[i], counts[count_start[i]:])
         count_start[i + 1] = count_start[i] + m
     return counts[:count_start[-1]], count_start
 
@@ -159,11 +184,11 @@ def _intersection_union(counts_a, counts_b):
 
 
 @_jit
-def _candidates(det_buf, det_string_start, det_area, det_extent, det_hw, det_rows,
-                gt_buf, gt_string_start, gt_area, gt_extent, gt_hw,
+def _candidates(det_buf, det_string_start, det_string_end, det_area, det_extent, det_hw,
+                det_rows,
+                gt_counts, gt_start, gt_area, gt_extent, gt_hw,
                 det_lo, det_hi, gt_lo, gt_hi, max_pairs):
-    gt_counts, gt_start = _decode_all(gt_buf, gt_string_start)
-    longest = np.max(np.diff(det_string_start)) if len(det_string_start) > 1 else 0
+    longest = np.max(det_string_end - det_string_start) if len(det_string_start) else 0
     det_counts = np.empty(longest, np.int64)
     out_det = np.empty(max_pairs, np.int64)
     out_gt = np.empty(max_pairs, np.int64)
@@ -185,7 +210,7 @@ def _candidates(det_buf, det_string_start, det_area, det_extent, det_hw, det_row
                 if det_hw[d, 0] != gt_hw[g, 0] or det_hw[d, 1] != gt_hw[g, 1]:
                     continue  # pycocotools: IoU -1
                 if num_counts < 0:
-                    num_counts = _decode(det_buf, det_string_start[d], det_string_start[d + 1],
+                    num_counts = _decode(det_buf, det_string_start[d], det_string_end[d],
                                          det_counts)
                 inter, union = _intersection_union(det_counts[:num_counts],
                                                    gt_counts[gt_start[g]:gt_start[g + 1]])
@@ -199,61 +224,55 @@ def _candidates(det_buf, det_string_start, det_area, det_extent, det_hw, det_row
 
 
 class ParsedMasks:
-    """Compressed RLE masks as one byte buffer, with their areas, pixel extents and sizes."""
+    """An :class:`RLEColumn` with the area and pixel extent of each mask."""
 
-    def __init__(self, counts, hw):
-        """counts: list of compressed RLE strings (str or bytes, as in ``rle["counts"]``);
-        hw: (N, 2) ints, the masks' own [height, width] (``rle["size"]``)."""
-        self.hw = np.asarray(hw, np.int64).reshape(-1, 2)
-        if len(counts) != len(self.hw):
-            raise ValueError(f"{len(counts)} RLE strings but {len(self.hw)} sizes")
-        if not set(map(type, counts)) - {str}:
-            buf = "".join(counts).encode("ascii")
-        else:
-            buf = b"".join(c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts)
-        self.buf = np.frombuffer(buf, np.uint8)
-        self.string_start = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, counts), np.int64, len(counts)),
-                  out=self.string_start[1:])
-        heights = np.maximum(self.hw[:, 0], 1)  # an empty image has no pixels to place
-        self.area, self.extent = _measure(self.buf, self.string_start, heights)
+    def __init__(self, column):
+        self.buf, self.start, self.end, self.hw = column.buf, column.start, column.end, column.hw
+        self.area, self.extent = _empty_measures(len(column))
+        # an empty image has no pixels to place: any height > 0 does
+        _measure(self.buf, self.start, self.end, np.maximum(self.hw[:, 0], 1), self.area,
+                 self.extent)
 
     def __len__(self):
         return len(self.area)
 
+    def decoded(self):
+        """The same masks as :class:`DecodedMasks`."""
+        counts, count_start = _decode_all(self.buf, self.start, self.end)
+        return DecodedMasks(counts, count_start, self.hw)
+
     @classmethod
-    def from_rles(cls, rles, counts=None):
-        """From pycocotools compressed RLE dicts ({"size": [h, w], "counts": str or bytes});
-        counts: their compressed_counts(rles), when known."""
-        if counts is None:
-            counts = compressed_counts(rles)
-            if counts is None:
-                raise ValueError("ParsedMasks needs compressed RLEs (str or bytes counts); "
-                                 "convert polygons and uncompressed RLEs with frPyObjects")
-        sizes = itertools.chain.from_iterable(map(itemgetter("size"), rles))
-        return cls(counts, np.fromiter(sizes, np.int64, 2 * len(rles)))
+    def from_rles(cls, rles):
+        """From pycocotools compressed RLE dicts ({"size": [h, w], "counts": str or bytes})."""
+        return cls(RLEColumn.from_rles(rles))
 
 
-def compressed_counts(segms):
-    """The "counts" of each segmentation if all are compressed RLE dicts, else None."""
-    try:  # a polygon list raises TypeError; an uncompressed RLE has list counts
-        counts = list(map(itemgetter("counts"), segms))
-    except (KeyError, TypeError):
-        return None
-    return counts if not set(map(type, counts)) - {str, bytes} else None
+class DecodedMasks:
+    """Masks as their uncompressed counts (all concatenated), with areas, extents and sizes."""
+
+    def __init__(self, counts, count_start, hw):
+        self.counts, self.count_start = counts, count_start
+        self.hw = np.asarray(hw, np.int64).reshape(-1, 2)
+        self.area, self.extent = _empty_measures(len(self.hw))
+        _measure_counts(counts, count_start, np.maximum(self.hw[:, 0], 1), self.area,
+                        self.extent)
+
+    def __len__(self):
+        return len(self.area)
 
 
 def mask_candidate_pairs(det_masks, det_rows, det_group, gt_masks, gt_group):
     """(det, gt, iou) of the pairs of the same group with IoU >= 0.5, as pycocotools computes it.
 
-    Detection i is mask det_rows[i] of det_masks, ground truth j is mask j of gt_masks (both
-    :class:`ParsedMasks`); det_group, gt_group: their (image, category) group ids, both sorted.
+    Detection i is mask det_rows[i] of det_masks (:class:`ParsedMasks`), ground truth j is mask j
+    of gt_masks (:class:`DecodedMasks`); det_group, gt_group: their (image, category) group ids,
+    both sorted.
     """
     groups = np.intersect1d(det_group, gt_group)
     det_lo, det_hi = np.searchsorted(det_group, groups), np.searchsorted(det_group, groups, "right")
     gt_lo, gt_hi = np.searchsorted(gt_group, groups), np.searchsorted(gt_group, groups, "right")
     max_pairs = int(np.sum((det_hi - det_lo) * (gt_hi - gt_lo)))
     det, gt = det_masks, gt_masks
-    return _candidates(det.buf, det.string_start, det.area, det.extent, det.hw,
-                       np.asarray(det_rows, np.int64), gt.buf, gt.string_start, gt.area,
+    return _candidates(det.buf, det.start, det.end, det.area, det.extent, det.hw,
+                       np.asarray(det_rows, np.int64), gt.counts, gt.count_start, gt.area,
                        gt.extent, gt.hw, det_lo, det_hi, gt_lo, gt_hi, max_pairs)
