@@ -169,10 +169,45 @@ def test_polygons_rasterised_like_pycocotools():
     # RLEs go through pycocotools
     segms[2] = {"size": [60, 80], "counts": [7, 30, 60 * 80 - 37]}
     segms[3] = encode(np.ones((1, 60, 80), np.uint8), False)[0]
-    masks = ground_truth_masks(segms, hw, _to_rle)
+    masks = ground_truth_masks(segms, hw, _to_rle, list(range(len(segms))))
     expected = [_to_rle(segm, *size) for segm, size in zip(segms, hw)]
     reference = ParsedMasks.from_rles(expected).decoded()
     np.testing.assert_array_equal(masks.count_start, reference.count_start)
     np.testing.assert_array_equal(masks.counts, reference.counts)
     areas = [mask_utils.area(expected[i:i + 200]) for i in range(0, len(expected), 200)]
     np.testing.assert_array_equal(masks.area, np.concatenate(areas))  # (> 255 at once overflow)
+
+
+@needs_numba
+def test_non_finite_polygon_named():
+    from lt_d2.evaluation.lvis_fast import _to_rle
+    from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
+
+    triangle = [1.0, 1.0, 5.0, 1.0, 5.0, 5.0]
+    segms = [[triangle], [triangle, [2.0, float("nan"), 3.0, 3.0, 4.0, 2.0]]]
+    with pytest.raises(ValueError, match="annotation 42 has a polygon coordinate that is not"):
+        ground_truth_masks(segms, [(10, 10)] * 2, _to_rle, [41, 42])
+
+
+def test_rle_column_reads_like_the_dicts():
+    import pickle
+
+    from lt_d2.evaluation.lvis_fast import result_dicts
+
+    rng = np.random.default_rng(5)
+    first = encode(random_masks(rng, 9, 12, 20), False)
+    second = encode(random_masks(rng, 4, 7, 9), True)
+    column = RLEColumn.concatenate([RLEColumn.from_rles(first), RLEColumn.from_rles(second)])
+    as_dicts = [{"size": r["size"], "counts": r["counts"] if isinstance(r["counts"], str)
+                 else r["counts"].decode("ascii")} for r in first + second]
+    assert len(column) == 13 and list(column) == as_dicts and column[10] == as_dicts[10]
+    rows = np.array([12, 0, 5])
+    assert list(column.take(rows)) == [as_dicts[i] for i in rows]
+    assert list(column[2:4]) == as_dicts[2:4]
+    restored = pickle.loads(pickle.dumps(column.take(rows)))  # compact: only its own text
+    assert list(restored) == [as_dicts[i] for i in rows]
+    assert len(restored.buf) == sum(len(as_dicts[i]["counts"]) for i in rows)
+    columns = dict(image_id=np.arange(13), category_id=np.ones(13, np.int64),
+                   score=np.linspace(0, 1, 13), segmentation=column)
+    assert [r["segmentation"] for r in result_dicts(columns)] == as_dicts
+    assert len(RLEColumn.concatenate([])) == 0

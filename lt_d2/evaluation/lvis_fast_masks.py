@@ -203,8 +203,9 @@ def _candidates(det_buf, det_string_start, det_string_end, det_area, det_extent,
                 larger = max(ad, ag)
                 if 2 * min(ad, ag) < larger:
                     continue
-                w = min(det_extent[d, 2], gt_extent[g, 2]) - max(det_extent[d, 0], gt_extent[g, 0]) + 1
-                h = min(det_extent[d, 3], gt_extent[g, 3]) - max(det_extent[d, 1], gt_extent[g, 1]) + 1
+                de, ge = det_extent[d], gt_extent[g]
+                w = min(de[2], ge[2]) - max(de[0], ge[0]) + 1
+                h = min(de[3], ge[3]) - max(de[1], ge[1]) + 1
                 if w <= 0 or h <= 0 or 2 * w * h < larger:
                     continue
                 if det_hw[d, 0] != gt_hw[g, 0] or det_hw[d, 1] != gt_hw[g, 1]:

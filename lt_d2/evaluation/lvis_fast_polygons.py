@@ -6,8 +6,8 @@ of the parts); on LVIS-sized data that is ~10 us of Python and C per annotation,
 rest of a mask evaluation together. This is the same algorithm (maskApi.c's ``rleFrPoly``: five
 times upsampled boundary, y-boundary points, sorted run starts; ``rleMerge`` for the union of
 the parts) in one compiled loop, giving the same run-length counts, with the C integer
-conversions kept: truncation toward zero, and x86's INT_MIN for the NaN slope of a segment
-whose two ends round to the same point.
+conversions kept (truncation toward zero). Non-finite coordinates, on which pycocotools'
+conversions are undefined, are refused.
 
 Annotations that pycocotools would not read as a list of polygons (RLE dicts, or a first part
 of exactly 4 numbers, which ``frPyObjects`` takes for boxes) go through pycocotools.
@@ -19,14 +19,6 @@ import numpy as np
 from .lvis_fast_masks import AVAILABLE, DecodedMasks, ParsedMasks, _jit
 
 _SCALE = 5.0
-_INT_MIN = -(2 ** 31)  # what x86's cvttsd2si makes of NaN in pycocotools' (int) casts
-
-
-@_jit
-def _c_int(value):
-    return _INT_MIN if np.isnan(value) else np.int64(value)  # C (int): toward zero
-
-
 @_jit
 def _upsampled_corners(xy):
     """The polygon's corners on the 5x grid, closed (first corner repeated), as C ints."""
@@ -34,8 +26,8 @@ def _upsampled_corners(xy):
     x = np.empty(k + 1, np.int64)
     y = np.empty(k + 1, np.int64)
     for j in range(k):
-        x[j] = _c_int(_SCALE * xy[2 * j] + 0.5)
-        y[j] = _c_int(_SCALE * xy[2 * j + 1] + 0.5)
+        x[j] = np.int64(_SCALE * xy[2 * j] + 0.5)  # C (int): toward zero
+        y[j] = np.int64(_SCALE * xy[2 * j + 1] + 0.5)
     if k:
         x[k], y[k] = x[0], y[0]
     return x, y
@@ -77,7 +69,7 @@ def _polygon_counts(xy, h, w):
         if (dx >= dy and xs > xe) or (dx < dy and ys > ye):
             xs, xe, ys, ye = xe, xs, ye, ys
         if dx == 0 and dy == 0:
-            continue  # one point (its NaN slope makes v INT_MIN in C, never used)
+            continue  # one point: no pair (C's NaN slope gives it a row never used)
         if dx >= dy:  # u = xs + t: the pair (t, t + 1) for each centre column xs + t
             s = (ye - ys) / dx
             centre = max(xs, 2)
@@ -187,10 +179,10 @@ def _is_polygon_list(segm):
             and len(segm[0]) > 4 and all(type(part) is list for part in segm))
 
 
-def ground_truth_masks(segms, hw, to_rle):
+def ground_truth_masks(segms, hw, to_rle, ids):
     """:class:`DecodedMasks` of the annotations' segmentations, as lvis-api's ann_to_rle makes
     them. hw: (N, 2) image [height, width] of each; to_rle(segm, h, w): the pycocotools
-    conversion, for what is not a polygon list."""
+    conversion, for what is not a polygon list; ids: the annotation ids, for error messages."""
     assert AVAILABLE
     hw = np.asarray(hw, np.int64).reshape(-1, 2)
     polygon = np.fromiter(map(_is_polygon_list, segms), bool, len(segms))
@@ -201,6 +193,12 @@ def ground_truth_masks(segms, hw, to_rle):
     coords = np.fromiter(itertools.chain.from_iterable(parts), np.float64, part_start[-1])
     ann_part_start = np.zeros(len(polygons) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, polygons), np.int64, len(polygons)), out=ann_part_start[1:])
+    if not np.isfinite(coords).all():
+        where = np.searchsorted(part_start, np.flatnonzero(~np.isfinite(coords))[0], "right") - 1
+        annotation = np.flatnonzero(polygon)[np.searchsorted(ann_part_start, where, "right") - 1]
+        raise ValueError(f"ground-truth annotation {np.asarray(ids)[annotation].item()!r} has a "
+                         "polygon coordinate that is not a finite number; fix or drop it in the "
+                         "annotation file")
     counts, count_start = _rasterize(coords, part_start, ann_part_start, hw[polygon])
     if polygon.all():
         return DecodedMasks(counts, count_start, hw)
