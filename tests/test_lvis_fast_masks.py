@@ -157,7 +157,7 @@ def random_polygons(rng, count, height, width):
 
 @needs_numba
 def test_polygons_rasterised_like_pycocotools():
-    from lt_d2.evaluation.lvis_fast import _to_rle
+    from lt_d2.evaluation.lvis_fast_results import to_rle
     from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
 
     rng = np.random.default_rng(3)
@@ -169,8 +169,8 @@ def test_polygons_rasterised_like_pycocotools():
     # RLEs go through pycocotools
     segms[2] = {"size": [60, 80], "counts": [7, 30, 60 * 80 - 37]}
     segms[3] = encode(np.ones((1, 60, 80), np.uint8), False)[0]
-    masks = ground_truth_masks(segms, hw, _to_rle, list(range(len(segms))))
-    expected = [_to_rle(segm, *size) for segm, size in zip(segms, hw)]
+    masks = ground_truth_masks(segms, hw, to_rle, list(range(len(segms))))
+    expected = [to_rle(segm, *size) for segm, size in zip(segms, hw)]
     reference = ParsedMasks.from_rles(expected).decoded()
     np.testing.assert_array_equal(masks.count_start, reference.count_start)
     np.testing.assert_array_equal(masks.counts, reference.counts)
@@ -180,13 +180,13 @@ def test_polygons_rasterised_like_pycocotools():
 
 @needs_numba
 def test_non_finite_polygon_named():
-    from lt_d2.evaluation.lvis_fast import _to_rle
+    from lt_d2.evaluation.lvis_fast_results import to_rle
     from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
 
     triangle = [1.0, 1.0, 5.0, 1.0, 5.0, 5.0]
     segms = [[triangle], [triangle, [2.0, float("nan"), 3.0, 3.0, 4.0, 2.0]]]
     with pytest.raises(ValueError, match="annotation 42 has a polygon coordinate that is not"):
-        ground_truth_masks(segms, [(10, 10)] * 2, _to_rle, [41, 42])
+        ground_truth_masks(segms, [(10, 10)] * 2, to_rle, [41, 42])
 
 
 def test_rle_column_reads_like_the_dicts():

@@ -32,13 +32,10 @@ AVAILABLE = numba is not None
 _UINT32 = 0xFFFFFFFF
 
 
-def _jit(func=None, parallel=False):
-    if func is None:
-        return lambda f: _jit(f, parallel)
-    return numba.njit(cache=True, nogil=True, parallel=parallel)(func) if AVAILABLE else func
-
-
-_range = numba.prange if AVAILABLE else range
+def _jit(func):
+    # serial on purpose: numba's parallel loops start an OpenMP thread pool, and detectron2 forks
+    # data-loader workers after an evaluation during training (GNU OpenMP is not fork-safe)
+    return numba.njit(cache=True, nogil=True)(func) if AVAILABLE else func
 
 
 @_jit
@@ -63,28 +60,31 @@ def _decode(buf, start, end, out):
 
 
 @_jit
-def _add_run(state, j, count, position, h):
-    """Fold the j-th count of a mask into state = [area, first on, last on, y0, y1]: the area
-    as pycocotools' rleArea, the pixel extent as the smallest box around the foreground runs
-    (whole image height for a run that wraps into the next column)."""
+def _add_run(m, j, count, h):
+    """Fold the j-th count of a mask into its measures m = (area, x0, x1, y0, y1, column, row):
+    the area as pycocotools' rleArea, the pixel extent as the smallest box around the
+    foreground runs (whole image height for a run that wraps into the next column), and the
+    (column, row) the next run starts at, divided out only when a run reaches the next column."""
+    area, x0, x1, y0, y1, column, row = m
+    end = row + count
     if j % 2 == 1 and count > 0:
-        state[0] += count
-        if state[1] < 0:
-            state[1] = position
-        state[2] = position + count - 1
-        top, bottom = position % h, state[2] % h
-        if bottom < top or count >= h:
-            state[3], state[4] = 0, h - 1
+        area += count
+        if x0 < 0:
+            x0 = column
+        if end <= h:  # ends in its column
+            x1, y0, y1 = column, min(y0, row), max(y1, end - 1)
         else:
-            state[3], state[4] = min(state[3], top), max(state[4], bottom)
+            x1, y0, y1 = column + (end - 1) // h, 0, h - 1
+    if end >= h:
+        column, end = column + end // h, end % h
+    return area, x0, x1, y0, y1, column, end
 
 
 @_jit
-def _store(state, h, i, area, extent):
-    area[i] = state[0] & _UINT32
-    if state[1] >= 0:
-        extent[i, 0], extent[i, 1] = state[1] // h, state[3]
-        extent[i, 2], extent[i, 3] = state[2] // h, state[4]
+def _store(m, i, area, extent):
+    area[i] = m[0] & _UINT32
+    if m[1] >= 0:
+        extent[i, 0], extent[i, 1], extent[i, 2], extent[i, 3] = m[1], m[3], m[2], m[4]
 
 
 def _empty_measures(n):
@@ -93,17 +93,17 @@ def _empty_measures(n):
     return np.zeros(n, np.int64), extent
 
 
-@_jit(parallel=True)
+@_jit
 def _measure(buf, string_start, string_end, heights, area, extent):
     """Area and pixel extent (see _add_run) of every compressed string.
 
     One streaming pass that keeps no counts: only the few masks that can reach IoU 0.5 with a
     ground truth are decoded again, by _candidates.
     """
-    for i in _range(len(string_start)):  # the masks are independent: spread over the cores
+    for i in range(len(string_start)):
         p, end, h = string_start[i], string_end[i], heights[i]
-        state = np.array([0, -1, -1, h, -1], np.int64)
-        m, before_last, last, position = 0, 0, 0, 0
+        measures = (0, -1, -1, h, -1, 0, 0)
+        m, before_last, last = 0, 0, 0
         while p < end:
             c = np.int64(buf[p]) - 48
             p += 1
@@ -125,22 +125,19 @@ def _measure(buf, string_start, string_end, heights, area, extent):
                 x += before_last
             x &= _UINT32
             before_last, last = last, x
-            _add_run(state, m, x, position, h)
-            position += x
+            measures = _add_run(measures, m, x, h)
             m += 1
-        _store(state, h, i, area, extent)
+        _store(measures, i, area, extent)
 
 
 @_jit
 def _measure_counts(counts, count_start, heights, area, extent):
     for i in range(len(count_start) - 1):
-        h, position = heights[i], 0
-        state = np.array([0, -1, -1, h, -1], np.int64)
+        h = heights[i]
+        measures = (0, -1, -1, h, -1, 0, 0)
         for j in range(count_start[i + 1] - count_start[i]):
-            count = counts[count_start[i] + j]
-            _add_run(state, j, count, position, h)
-            position += count
-        _store(state, h, i, area, extent)
+            measures = _add_run(measures, j, counts[count_start[i] + j], h)
+        _store(measures, i, area, extent)
 
 
 @_jit
@@ -157,7 +154,6 @@ def _decode_all(buf, string_start, string_end):
 @_jit
 def _intersection_union(counts_a, counts_b):
     """pycocotools' rleIou merge for one pair: (intersection, union) in uint32 arithmetic."""
-    ka, kb = len(counts_a), len(counts_b)
     ca, cb = counts_a[0], counts_b[0]
     a, b, va, vb = 1, 1, False, False
     inter, union, ct = 0, 0, 1
@@ -167,20 +163,19 @@ def _intersection_union(counts_a, counts_b):
             union += c
             if va and vb:
                 inter += c
-        ct = 0
-        ca -= c
-        if ca == 0 and a < ka:
-            ca = counts_a[a]
-            a += 1
-            va = not va
-        ct += ca
-        cb -= c
-        if cb == 0 and b < kb:
-            cb = counts_b[b]
-            b += 1
-            vb = not vb
-        ct += cb
+        ca, a, va = _advance(counts_a, ca - c, a, va)
+        cb, b, vb = _advance(counts_b, cb - c, b, vb)
+        ct = ca + cb
     return inter & _UINT32, union & _UINT32
+
+
+@_jit
+def _advance(counts, left, index, on):
+    """One mask's step in pycocotools' two-mask run walks (rleIou, rleMerge): when its current
+    run is used up, the next run starts and the mask switches between off and on."""
+    if left == 0 and index < len(counts):
+        return counts[index], index + 1, not on
+    return left, index, on
 
 
 @_jit

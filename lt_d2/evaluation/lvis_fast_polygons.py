@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 
-from .lvis_fast_masks import AVAILABLE, DecodedMasks, ParsedMasks, _jit
+from .lvis_fast_masks import AVAILABLE, DecodedMasks, ParsedMasks, _advance, _jit
 
 _SCALE = 5.0
 @_jit
@@ -50,14 +50,58 @@ def _y_start(v, h):
 
 
 @_jit
+def _first_step_past(xs, s, dy, centre):
+    """The first t in [1, dy] where column u(t) = (int)(xs + s t + .5) leaves centre for its
+    neighbour (centre + 1 if s > 0, centre - ... as u falls if s < 0): estimated in real
+    numbers, then settled with the same double arithmetic as rleFrPoly, which is monotonic."""
+    limit = np.float64(centre + 1)  # centre >= 2: C's truncation is a floor here
+    rising = s > 0
+    t = (limit - 0.5 - xs) / s
+    t = min(max(np.int64(np.ceil(t)) if rising else np.int64(np.floor(t)) + 1, 1), dy)
+    while t > 1 and ((xs + s * (t - 1) + 0.5 >= limit) == rising):
+        t -= 1
+    while (xs + s * t + 0.5 >= limit) != rising:
+        t += 1
+    return t
+
+
+@_jit
+def _sort_by_column(values, h):
+    """np.sort of run starts x * h + y: bucketed by column, then each (short) column sorted;
+    linear where a general sort of every polygon's starts took most of the rasterisation."""
+    if len(values) < 2 or h <= 0:
+        return np.sort(values)
+    lo = values.min()
+    first = np.zeros((values.max() - lo) // h + 2, np.int64)
+    for value in values:
+        first[(value - lo) // h + 1] += 1
+    for b in range(1, len(first)):
+        first[b] += first[b - 1]
+    out = np.empty_like(values)
+    for value in values:
+        b = (value - lo) // h
+        out[first[b]] = value
+        first[b] += 1
+    # insertion sort: columns hold a handful of values; out is sorted across columns already
+    for i in range(1, len(out)):
+        value, j = out[i], i
+        while j > 0 and out[j - 1] > value:
+            out[j] = out[j - 1]
+            j -= 1
+        out[j] = value
+    return out
+
+
+@_jit
 def _polygon_counts(xy, h, w):
     """maskApi.c's rleFrPoly for one polygon xy = [x0, y0, x1, y1, ...].
 
     rleFrPoly draws every point of the upsampled boundary, segment by segment, then keeps the
     consecutive points whose columns u differ and whose lower column is a pixel centre
     (u = 5 x + 2, x in the image). Consecutive points of different segments are the same
-    corner, so only pairs within a segment count, in either direction (the test is symmetric):
-    along x-major segments those pairs are every fifth step, computed directly.
+    corner, so only pairs within a segment count, in either direction (the test is symmetric),
+    and they are found directly: every fifth step along x-major segments, the step where u
+    passes each centre column along y-major ones.
     """
     x, y = _upsampled_corners(xy)
     starts = np.empty(_boundary_points(x, y) + 1, np.int64)
@@ -80,20 +124,18 @@ def _polygon_counts(xy, h, w):
                 starts[n] = ((centre - 2) // 5 * h + _y_start(v, h)) & 0xFFFFFFFF
                 n += 1
                 centre += 5
-        else:  # v = ys + t, u moves by at most one column per step
+        elif xs != xe:  # v = ys + t; u moves monotonically, by at most one column per step
             s = (xe - xs) / dy
-            previous_u = np.int64(xs + 0.5)
-            for t in range(1, dy + 1):
-                u = np.int64(xs + s * t + 0.5)
-                if u != previous_u:
-                    centre = min(u, previous_u)
-                    if centre >= 2 and centre <= last_centre and (centre - 2) % 5 == 0:
-                        starts[n] = ((centre - 2) // 5 * h + _y_start(ys + t - 1, h)) \
-                            & 0xFFFFFFFF
-                        n += 1
-                    previous_u = u
+            u0, u1 = np.int64(xs + 0.5), np.int64(xs + s * dy + 0.5)
+            centre = max(min(u0, u1), 2)
+            centre += (2 - centre) % 5
+            while centre < max(u0, u1) and centre <= last_centre:
+                t = _first_step_past(xs, s, dy, centre)
+                starts[n] = ((centre - 2) // 5 * h + _y_start(ys + t - 1, h)) & 0xFFFFFFFF
+                n += 1
+                centre += 5
     starts[n] = (h * w) & 0xFFFFFFFF
-    starts = np.sort(starts[:n + 1])
+    starts = _sort_by_column(starts[:n + 1], h)
     counts = np.empty(n + 1, np.int64)
     previous = 0
     for j in range(n + 1):
@@ -123,19 +165,9 @@ def _union(a, b):
     while ct > 0:
         c = min(ca, cb)
         cc += c
-        ct = 0
-        ca -= c
-        if ca == 0 and ia < len(a):
-            ca = a[ia]
-            ia += 1
-            va = not va
-        ct += ca
-        cb -= c
-        if cb == 0 and ib < len(b):
-            cb = b[ib]
-            ib += 1
-            vb = not vb
-        ct += cb
+        ca, ia, va = _advance(a, ca - c, ia, va)
+        cb, ib, vb = _advance(b, cb - c, ib, vb)
+        ct = ca + cb
         previous = v
         v = va or vb
         if v != previous or ct == 0:
