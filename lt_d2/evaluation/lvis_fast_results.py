@@ -104,13 +104,18 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
     else:
         sub = results if len(keep) == n else [results[i] for i in keep.tolist()]
     if need_rle and not columns:
-        hw = gt["hw"]
-        try:
-            masks = [to_rle(r["segmentation"], *hw[r["image_id"]]) if "segmentation" in r
-                     else to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]])
-                     for r in map(sub.__getitem__, rows.tolist())]
-        except KeyError as e:
-            raise ValueError(f"segm results need a segmentation (or bbox); missing {e}") from None
+        picked = list(map(sub.__getitem__, rows.tolist()))
+        try:  # as given: made compressed RLEs by _compressed_rles if need be
+            masks = [r["segmentation"] for r in picked]
+        except KeyError:  # a box stands for a missing mask, as in LVISResults
+            hw = gt["hw"]
+            try:
+                masks = [r["segmentation"] if "segmentation" in r
+                         else to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]])
+                         for r in picked]
+            except KeyError as e:
+                raise ValueError(f"segm results need a segmentation (or bbox); missing {e}"
+                                 ) from None
     if need_box and not columns:
         try:
             box = np.fromiter(itertools.chain.from_iterable(map(itemgetter("bbox"), sub)),
@@ -119,7 +124,8 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
             if box_area:
                 raise ValueError("some results lack a bbox while the first has one") from None
             # mask-only results get their mask's box, as in LVISResults (masks exist here)
-            mask_of = dict(zip(rows.tolist(), masks))
+            mask_of = dict(zip(rows.tolist(), _compressed_rles(masks, image_ids[image[rows]],
+                                                               gt["hw"], parse=False)))
             box = np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(mask_of[i])
                             if i in mask_of else _NO_BOX for i, r in enumerate(sub)],
                            np.float64).reshape(-1, 4)
@@ -233,11 +239,13 @@ def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
 
 def _compressed_rles(masks, image_id, hw, parse=True):
     """masks as compressed RLE dicts or, with numba and parse, as :class:`ParsedMasks`."""
-    if not isinstance(masks, RLEColumn) and compressed_counts(masks) is None:
+    counts = None if isinstance(masks, RLEColumn) else compressed_counts(masks)
+    if counts is None and not isinstance(masks, RLEColumn):
         # polygons or uncompressed RLEs: convert with the image size
         masks = [to_rle(m, *hw[i]) for m, i in zip(masks, image_id.tolist())]
     if parse and lvis_fast_masks.AVAILABLE:
-        return ParsedMasks(masks if isinstance(masks, RLEColumn) else RLEColumn.from_rles(masks))
+        return ParsedMasks(masks if isinstance(masks, RLEColumn)
+                           else RLEColumn.from_rles(masks, counts))
     return list(masks) if isinstance(masks, RLEColumn) else masks
 
 

@@ -34,9 +34,10 @@ class RLEColumn:
         return cls(np.frombuffer(text, np.uint8), end - np.diff(end, prepend=0), end, hw)
 
     @classmethod
-    def from_rles(cls, rles):
-        """From pycocotools' compressed RLE dicts, e.g. ``mask_util.encode``'s output."""
-        counts = compressed_counts(rles)
+    def from_rles(cls, rles, counts=None):
+        """From pycocotools' compressed RLE dicts, e.g. ``mask_util.encode``'s output;
+        counts: their :func:`compressed_counts`, when already known."""
+        counts = compressed_counts(rles) if counts is None else counts
         if counts is None:
             raise ValueError("RLEColumn takes compressed RLEs (str or bytes counts); convert "
                              "polygons and uncompressed RLEs with pycocotools' frPyObjects")
