@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pycocotools.mask as mask_utils
 
-import detectron2.utils.comm as comm
 from detectron2.evaluation import LVISEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from .distributed import gather_predictions
 from .lvis_fast import evaluate_lvis, result_dicts
 from .rle_column import RLEColumn
 
@@ -62,17 +62,9 @@ class LTLVISEvaluator(LVISEvaluator):
     def evaluate(self):
         if not self._distributed:
             return super().evaluate()
-        comm.synchronize()
-        per_rank = comm.gather(self._predictions, dst=0)
-        if not comm.is_main_process():
+        predictions = gather_predictions(self._predictions)
+        if predictions is None:  # not the main process
             return
-        # detectron2 chains the rank lists into a new list while they stay alive; moving them
-        # one rank at a time keeps one copy of the (possibly huge) predictions
-        per_rank[comm.get_rank()] = self._predictions  # not its deserialised duplicate
-        predictions = []
-        for rank in range(len(per_rank)):
-            predictions.extend(per_rank[rank])
-            per_rank[rank] = None
         own, self._predictions, self._distributed = self._predictions, predictions, False
         try:
             return super().evaluate()

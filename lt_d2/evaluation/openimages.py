@@ -20,7 +20,6 @@ challenge metric, which the EQLv2 OpenImages numbers use):
   the means. AP1..AP5 are the means over the ``frequency_quintile`` groups (1 = rarest).
 """
 import csv
-import itertools
 import json
 import logging
 import os
@@ -29,11 +28,11 @@ from collections import OrderedDict
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
 from ..data.openimages import frequency_quintiles
+from .distributed import gather_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -254,9 +253,8 @@ class OpenImagesEvaluator(DatasetEvaluator):
     def evaluate(self):
         predictions = self._predictions
         if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
+            predictions = gather_predictions(predictions)
+            if predictions is None:  # not the main process
                 return {}
         if not predictions:
             logger.warning("[OpenImagesEvaluator] Did not receive valid predictions.")
