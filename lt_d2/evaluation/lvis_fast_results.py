@@ -98,14 +98,13 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
     eligible = np.isin(group, gt["present"]) | np.isin(group, gt["negative"])
     rows = np.flatnonzero(eligible)  # masks: compressed RLEs of these rows only
     if columns:
-        box, masks = _column_geometry(results, keep, image_ids[image], gt["hw"], need_box,
-                                      need_rle, rows)
+        box, masks = _column_geometry(results, keep, image_ids[image], gt["hw"], need_rle, rows)
         sub = ()
     else:
         sub = results if len(keep) == n else [results[i] for i in keep.tolist()]
     if need_rle and not columns:
         picked = list(map(sub.__getitem__, rows.tolist()))
-        try:  # as given: made compressed RLEs by _compressed_rles if need be
+        try:  # as given: made compressed RLEs below if need be
             masks = [r["segmentation"] for r in picked]
         except KeyError:  # a box stands for a missing mask, as in LVISResults
             hw = gt["hw"]
@@ -116,6 +115,13 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
             except KeyError as e:
                 raise ValueError(f"segm results need a segmentation (or bbox); missing {e}"
                                  ) from None
+    if need_rle:  # converted once: for the boxes of mask-only results, the areas and the IoUs
+        masks = _compressed_rles(masks, image_ids[image[rows]], gt["hw"])
+    if need_box and columns and box is None:
+        # mask-only results get their mask's box, as LVISResults gives them
+        box = np.zeros((len(keep), 4))
+        if len(masks):
+            box[rows] = mask_utils.toBbox(list(masks))
     if need_box and not columns:
         try:
             box = np.fromiter(itertools.chain.from_iterable(map(itemgetter("bbox"), sub)),
@@ -124,9 +130,8 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
             if box_area:
                 raise ValueError("some results lack a bbox while the first has one") from None
             # mask-only results get their mask's box, as in LVISResults (masks exist here)
-            mask_of = dict(zip(rows.tolist(), _compressed_rles(masks, image_ids[image[rows]],
-                                                               gt["hw"], parse=False)))
-            box = np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(mask_of[i])
+            mask_of = dict(zip(rows.tolist(), range(len(rows))))
+            box = np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(masks[mask_of[i]])
                             if i in mask_of else _NO_BOX for i, r in enumerate(sub)],
                            np.float64).reshape(-1, 4)
     if need_box:
@@ -139,14 +144,15 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
     if need_rle:
         mask_row = np.full(len(keep), -1, np.int64)
         mask_row[rows] = np.arange(len(rows))
-        masks = _compressed_rles(masks, image_ids[image[rows]], gt["hw"])
+        if lvis_fast_masks.AVAILABLE:  # parsed once, for the areas and the IoUs
+            masks = ParsedMasks(masks)
     if not (given_area or box_area):  # 0 (dropped) where not eligible
         area = np.zeros(len(keep))
         if lvis_fast_masks.AVAILABLE:
             area[rows] = masks.area
         else:
             # pycocotools' area() overflows a uint8 count beyond 255 masks (numpy 2)
-            area[rows] = np.concatenate([np.zeros(0)] + [mask_utils.area(masks[i:i + 255])
+            area[rows] = np.concatenate([np.zeros(0)] + [mask_utils.area(list(masks[i:i + 255]))
                                                          for i in range(0, len(masks), 255)])
     del sub
 
@@ -213,9 +219,9 @@ def _check_columns(columns):
     return raw_image.astype(np.int64), raw_cat.astype(np.int64), score.astype(np.float64)
 
 
-def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
-    """(boxes, masks) of the rows keep of columnar results: boxes of all of them, compressed
-    RLEs of keep[rows] only; None for what is not needed."""
+def _column_geometry(columns, keep, image_id, hw, need_rle, rows):
+    """(boxes, masks) of the rows keep of columnar results: boxes of all of them (None without
+    a bbox column), the masks of keep[rows] as given (None when not needed)."""
     box = masks = None
     if "bbox" in columns:
         box = np.asarray(columns["bbox"], np.float64).reshape(-1, 4)[keep]
@@ -223,30 +229,25 @@ def _column_geometry(columns, keep, image_id, hw, need_box, need_rle, rows):
         segm = columns.get("segmentation")
         if isinstance(segm, RLEColumn):
             masks = segm.take(keep[rows])
-        elif segm is not None:  # as given: made compressed RLEs by _compressed_rles if need be
+        elif segm is not None:
             masks = list(map(segm.__getitem__, keep[rows].tolist()))
         elif box is None:  # no rows (_check_columns)
             masks = []
         else:  # boxes as masks, as LVISResults does for box-only results
             masks = [to_rle([_box_polygon(b)], *hw[i])
                      for b, i in zip(box[rows].tolist(), image_id[rows].tolist())]
-        if need_box and box is None:  # mask-only results get their mask's box, as LVISResults
-            box = np.zeros((len(keep), 4))
-            if len(masks):
-                box[rows] = mask_utils.toBbox(_compressed_rles(masks, image_id[rows], hw, False))
     return box, masks
 
 
-def _compressed_rles(masks, image_id, hw, parse=True):
-    """masks as compressed RLE dicts or, with numba and parse, as :class:`ParsedMasks`."""
-    counts = None if isinstance(masks, RLEColumn) else compressed_counts(masks)
-    if counts is None and not isinstance(masks, RLEColumn):
-        # polygons or uncompressed RLEs: convert with the image size
+def _compressed_rles(masks, image_id, hw):
+    """masks (an RLEColumn, or a list of RLE dicts or polygons) as an :class:`RLEColumn`; what
+    is not a compressed RLE is converted with its image's size, as lvis-api's ann_to_rle."""
+    if isinstance(masks, RLEColumn):
+        return masks
+    counts = compressed_counts(masks)
+    if counts is None:  # polygons or uncompressed RLEs
         masks = [to_rle(m, *hw[i]) for m, i in zip(masks, image_id.tolist())]
-    if parse and lvis_fast_masks.AVAILABLE:
-        return ParsedMasks(masks if isinstance(masks, RLEColumn)
-                           else RLEColumn.from_rles(masks, counts))
-    return list(masks) if isinstance(masks, RLEColumn) else masks
+    return RLEColumn.from_rles(masks, counts)
 
 
 def _score_rank(score):
