@@ -5,7 +5,6 @@ Average precision of a class is scikit-learn's ``average_precision_score``: sum 
 score thresholds of (recall step) x precision, ties counted together. Classes without a positive
 test image have no AP and are left out of every mean (and named in the log).
 """
-import itertools
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
 from ..data.longtail_subset import class_split
+from .distributed import gather_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,8 @@ class MultiLabelEvaluator(DatasetEvaluator):
     def evaluate(self):
         scores, targets = self._scores, self._targets
         if self._distributed:
-            comm.synchronize()
-            scores = list(itertools.chain(*comm.gather(scores, dst=0)))
-            targets = list(itertools.chain(*comm.gather(targets, dst=0)))
-            if not comm.is_main_process():
+            scores, targets = gather_predictions(scores), gather_predictions(targets)
+            if scores is None:  # not the main process
                 return {}
         if not scores:
             logger.warning("[MultiLabelEvaluator] no predictions for '%s'.", self._dataset_name)
