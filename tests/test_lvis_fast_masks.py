@@ -204,6 +204,7 @@ def test_rle_column_reads_like_the_dicts():
     rows = np.array([12, 0, 5])
     assert list(column.take(rows)) == [as_dicts[i] for i in rows]
     assert list(column[2:4]) == as_dicts[2:4]
+    assert list(pickle.loads(pickle.dumps(column))) == as_dicts  # contiguous: buffer as is
     restored = pickle.loads(pickle.dumps(column.take(rows)))  # compact: only its own text
     assert list(restored) == [as_dicts[i] for i in rows]
     assert len(restored.buf) == sum(len(as_dicts[i]["counts"]) for i in rows)

@@ -72,11 +72,15 @@ class RLEColumn:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def __getstate__(self):  # a compact copy for pickling (multi-process gathers)
+    def __getstate__(self):  # only this column's text, for pickling (multi-process gathers)
         lengths = self.end - self.start
-        text = b"".join(self.buf[s:e].tobytes() for s, e in zip(self.start.tolist(),
-                                                                 self.end.tolist()))
-        return {"buf": np.frombuffer(text, np.uint8), "lengths": lengths, "hw": self.hw}
+        if len(self) and self.start[0] == 0 and self.end[-1] == len(self.buf) \
+                and np.array_equal(self.start[1:], self.end[:-1]):
+            text = self.buf  # already its own contiguous text, as LTLVISEvaluator's per image
+        else:
+            text = np.frombuffer(b"".join(self.buf[s:e].tobytes() for s, e in zip(
+                self.start.tolist(), self.end.tolist())), np.uint8)
+        return {"buf": text, "lengths": lengths, "hw": self.hw}
 
     def __setstate__(self, state):
         end = np.cumsum(state["lengths"])
