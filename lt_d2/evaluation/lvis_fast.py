@@ -74,8 +74,7 @@ def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area
     else:  # pycocotools decodes every mask it is given: only those with a ground truth to meet
         with_gt = np.flatnonzero(gt_count)
         pair_det, pair_gt, pair_iou = mask_candidate_pairs(
-            [det["rle"][i] for i in with_gt.tolist()], det["image"][with_gt], det["cat"][with_gt],
-            gt["rle"], gt["image"], gt["cat"])
+            [det["rle"][i] for i in with_gt.tolist()], det_group[with_gt], gt["rle"], gt["group"])
         pairs = with_gt[pair_det], pair_gt, pair_iou
     active, state = greedy_match(*pairs, det_group, gt["ignore"], gt["id"] == 0)
     precision, recall = accumulate(det, gt, active, state)

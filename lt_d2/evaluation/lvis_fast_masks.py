@@ -24,6 +24,7 @@ try:
 except ImportError:  # pragma: no cover - exercised by the fallback test with AVAILABLE=False
     numba = None
 
+from .lvis_fast_match import group_ranges
 from .rle_column import RLEColumn
 
 AVAILABLE = numba is not None
@@ -264,9 +265,7 @@ def mask_candidate_pairs(det_masks, det_rows, det_group, gt_masks, gt_group):
     of gt_masks (:class:`DecodedMasks`); det_group, gt_group: their (image, category) group ids,
     both sorted.
     """
-    groups = np.intersect1d(det_group, gt_group)
-    det_lo, det_hi = np.searchsorted(det_group, groups), np.searchsorted(det_group, groups, "right")
-    gt_lo, gt_hi = np.searchsorted(gt_group, groups), np.searchsorted(gt_group, groups, "right")
+    det_lo, det_hi, gt_lo, gt_hi = group_ranges(det_group, gt_group)
     max_pairs = int(np.sum((det_hi - det_lo) * (gt_hi - gt_lo)))
     det, gt = det_masks, gt_masks
     return _candidates(det.buf, det.start, det.end, det.area, det.extent, det.hw,

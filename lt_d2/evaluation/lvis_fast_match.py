@@ -68,20 +68,24 @@ def box_candidate_pairs(det_boxes, det_gt_start, det_gt_count, gt_boxes, max_pai
     return _concat_pairs(found)
 
 
-def mask_candidate_pairs(det_rles, det_image, det_cat, gt_rles, gt_image, gt_cat):
+def group_ranges(det_group, gt_group):
+    """(det_lo, det_hi, gt_lo, gt_hi): the rows of each (image, category) group that has both
+    detections and ground truth, among the detections and among the ground truths (both sorted
+    by group id)."""
+    groups = np.intersect1d(det_group, gt_group)
+    return (np.searchsorted(det_group, groups), np.searchsorted(det_group, groups, "right"),
+            np.searchsorted(gt_group, groups), np.searchsorted(gt_group, groups, "right"))
+
+
+def mask_candidate_pairs(det_rles, det_group, gt_rles, gt_group):
     """Same as box_candidate_pairs for RLE masks: pycocotools' IoU, one call per (image,
     category) group. Per group rather than per image: the masks are parsed as often, and the
     products of masks of different categories (never candidates) are not computed.
 
-    Detections and ground truths must be sorted by (image, category).
+    det_group, gt_group: the group id of each detection and ground truth, both sorted.
     """
     found = []
-    num_cats = int(max(det_cat.max(initial=0), gt_cat.max(initial=0))) + 1
-    det_group, gt_group = det_image * num_cats + det_cat, gt_image * num_cats + gt_cat
-    groups = np.intersect1d(det_group, gt_group)
-    det_lo, det_hi = np.searchsorted(det_group, groups), np.searchsorted(det_group, groups, "right")
-    gt_lo, gt_hi = np.searchsorted(gt_group, groups), np.searchsorted(gt_group, groups, "right")
-    for d0, d1, g0, g1 in zip(det_lo.tolist(), det_hi.tolist(), gt_lo.tolist(), gt_hi.tolist()):
+    for d0, d1, g0, g1 in zip(*(r.tolist() for r in group_ranges(det_group, gt_group))):
         iou = np.asarray(mask_utils.iou(det_rles[d0:d1], gt_rles[g0:g1], [0] * (g1 - g0)))
         det, gt = np.nonzero(iou >= MIN_IOU)
         found.append((det + d0, gt + g0, iou[det, gt]))
