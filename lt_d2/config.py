@@ -31,11 +31,29 @@ def add_lt_model_config(cfg):
     cfg.MODEL.LT.CLASSIFIER = "linear"
     # Temperature (scale) of the cosine classifier (Seesaw: 20).
     cfg.MODEL.LT.COSINE_SCALE = 20.0
+    # Backbone batch norm as mmdetection's norm_eval=True with trainable affine parameters (the
+    # torchvision-style backbones of the EQL, BACL and ACSL projects): running statistics are
+    # used and kept as loaded, weight and bias train. Needs MODEL.RESNETS.NORM "BN" and the
+    # backbone build_lt_resnet_fpn_backbone / build_lt_resnet_backbone.
+    cfg.MODEL.LT.NORM_EVAL = False
+
+    cfg.MODEL.LT.CASCADE = CN()
+    # LTCascadeROIHeads: weight of each stage's losses, one per stage (ACSL: [1.0, 0.5, 0.25]).
+    # Empty: every stage weighs 1, as detectron2's CascadeROIHeads.
+    cfg.MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS = []
+    # LTCascadeROIHeads test scores: "mean_probs" (detectron2: the mean over stages of each
+    # stage's per-class scores) or "mean_logits" (the ACSL official code: the scores of the
+    # stage-averaged logits).
+    cfg.MODEL.LT.CASCADE.TEST_SCORE = "mean_probs"
 
     cfg.MODEL.LT.EQL = CN()
     # Tail threshold lambda on image frequency (image_count / #training images with
     # annotations): LVIS v0.5 0.00177, LVIS v1 0.0011.
     cfg.MODEL.LT.EQL.LAMBDA = 0.00177
+    # What LAMBDA thresholds: "image" (image_count / #training images with annotations < LAMBDA,
+    # the LVIS configs) or "instance" (training instance count < LAMBDA, the official
+    # OpenImages EQL config with LAMBDA 1652).
+    cfg.MODEL.LT.EQL.FREQUENCY = "image"
 
     cfg.MODEL.LT.EQLV2 = CN()
     # gamma and mu of the mapping q_neg = sigmoid(gamma (g - mu)) of the gradient ratio g.
