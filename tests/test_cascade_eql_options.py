@@ -89,8 +89,10 @@ def test_stage_loss_weights_of_the_wrong_length_fail(weights):
         LTCascadeROIHeads(cfg, shape)
 
 
-def test_unknown_test_score_fails():
-    cfg, *_, shape, _, _ = _cascade_setup(TEST_SCORE="max_probs")
+def test_test_score_from_config_and_unknown_value():
+    cfg, *_, shape, _, _ = _cascade_setup(TEST_SCORE="mean_logits")
+    assert LTCascadeROIHeads(cfg, shape).test_score == "mean_logits"
+    cfg.MODEL.LT.CASCADE.TEST_SCORE = "max_probs"
     with pytest.raises(ValueError, match="TEST_SCORE='max_probs'.*'mean_probs', 'mean_logits'"):
         LTCascadeROIHeads(cfg, shape)
 
@@ -132,7 +134,7 @@ def test_mean_logits_scores_are_the_loss_probs_of_the_mean_logits(monkeypatch, l
     with torch.no_grad():  # logits far from 0, where the two scores differ (init: std 0.01)
         for predictor in heads.box_predictor:
             predictor.cls_score.weight.normal_(std=0.3)
-    probs_out, probs_logits = _eval_run(heads, images, features, proposal_gen)
+    _, probs_logits = _eval_run(heads, images, features, proposal_gen)
     heads.test_score = "mean_logits"
     logits_out, stage_logits = _eval_run(heads, images, features, proposal_gen)
     assert len(d2_calls) == len(lt_calls) == 1 and len(stage_logits) == 3
