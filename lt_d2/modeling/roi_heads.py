@@ -9,6 +9,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes
 
 from .box_predictor import replace_box_predictor
@@ -78,14 +79,44 @@ class LTROIHeads(StandardROIHeads):
 
 @ROI_HEADS_REGISTRY.register()
 class LTCascadeROIHeads(CascadeROIHeads):
-    """``CascadeROIHeads`` with lt_d2's box predictor in every stage."""
+    """``CascadeROIHeads`` with lt_d2's box predictor in every stage, per-stage loss weights and
+    a choice of how the stages' classifications are combined at test time.
+
+    Args:
+        stage_loss_weights (list[float]): one weight per stage, multiplying every loss of that
+            stage's predictor (``loss_*_stage{k}``); empty: weight 1 each (detectron2).
+        test_score (str): "mean_probs" (detectron2: the mean over stages of each stage
+            predictor's scores) or "mean_logits" (the ACSL official code, i.e. mmdetection's
+            Cascade R-CNN: the last stage's loss turns the stage-averaged logits into scores).
+            Boxes are the last stage's in both.
+        Other arguments: those of ``CascadeROIHeads``.
+    """
+
+    TEST_SCORES = ("mean_probs", "mean_logits")
+
+    @configurable
+    def __init__(self, *, stage_loss_weights=(), test_score="mean_probs", **kwargs):
+        super().__init__(**kwargs)
+        if len(stage_loss_weights) not in (0, self.num_cascade_stages):
+            raise ValueError(
+                f"MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS has {len(stage_loss_weights)} weights; it "
+                f"needs one per cascade stage ({self.num_cascade_stages}, the length of "
+                "MODEL.ROI_BOX_CASCADE_HEAD.IOUS), or [] for weight 1 each.")
+        if test_score not in self.TEST_SCORES:
+            raise ValueError(f"Unknown MODEL.LT.CASCADE.TEST_SCORE={test_score!r}; use one of "
+                             f"{', '.join(map(repr, self.TEST_SCORES))}.")
+        self.stage_loss_weights = [float(w) for w in stage_loss_weights]
+        self.test_score = test_score
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         if cfg.MODEL.LT.HALLUCINATION.ENABLED:
             raise ValueError("MODEL.LT.HALLUCINATION is implemented for LTROIHeads (Faster / Mask "
                              "R-CNN, as BACL), not for LTCascadeROIHeads.")
-        return super().from_config(cfg, input_shape)
+        ret = super().from_config(cfg, input_shape)
+        ret["stage_loss_weights"] = list(cfg.MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS)
+        ret["test_score"] = cfg.MODEL.LT.CASCADE.TEST_SCORE
+        return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -95,3 +126,38 @@ class LTCascadeROIHeads(CascadeROIHeads):
             for predictor, head in zip(ret["box_predictors"], ret["box_heads"])
         ]
         return ret
+
+    def _forward_box(self, features, proposals, targets=None):
+        if self.training:
+            losses = super()._forward_box(features, proposals, targets)
+            if not self.stage_loss_weights:  # no multiplication: bit-identical to detectron2
+                return losses
+            # detectron2 names every loss of stage k "<name>_stage{k}"
+            return {name: loss * self.stage_loss_weights[int(name.rsplit("_stage", 1)[1])]
+                    for name, loss in losses.items()}
+        if self.test_score == "mean_probs":
+            return super()._forward_box(features, proposals)
+        return self._inference_mean_logits(features, proposals)
+
+    def _inference_mean_logits(self, features, proposals):
+        """detectron2's cascade inference, scored by the last stage's loss on the mean logits.
+
+        The stage loop is detectron2's: the scores are combined inside
+        ``CascadeROIHeads._forward_box``, after the point where the logits are still at hand.
+        """
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        stage_logits = []
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, k)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            stage_logits.append(predictions[0])
+        predictor = self.box_predictor[-1]
+        logits = sum(stage_logits) / self.num_cascade_stages
+        scores = predictor.cls_loss.probs(logits).split([len(p) for p in proposals], dim=0)
+        pred_instances, _ = fast_rcnn_inference(
+            boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
+            predictor.test_topk_per_image)
+        return pred_instances

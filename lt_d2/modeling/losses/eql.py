@@ -26,34 +26,48 @@ def eql_loss(logits, gt_classes, tail_mask):
 
 @CLS_LOSS_REGISTRY.register()
 class EQLLoss(LTClassificationLoss):
-    """EQL v1 over K sigmoid logits; tail classes are those with image frequency below lambda.
+    """EQL v1 over K sigmoid logits; tail classes are the rare ones by ``frequency``.
 
     Args:
         num_classes (int): K.
-        image_count (Tensor or None): (K,) training images per class.
-        num_images (int): training images with annotations (the frequency's denominator).
-        lambda_ (float): tail threshold lambda on image frequency (LVIS v0.5: 0.00177, v1: 0.0011).
+        image_count (Tensor or None): (K,) training images per class ("image").
+        num_images (int): training images with annotations (the "image" frequency's denominator).
+        instance_count (Tensor or None): (K,) training instances per class ("instance").
+        lambda_ (float): the tail threshold lambda.
+        frequency (str): what lambda thresholds. "image": class j is tail if
+            image_count[j] / num_images < lambda (LVIS v0.5: 0.00177, v1: 0.0011); "instance":
+            if instance_count[j] < lambda (the official OpenImages EQL config: 1652).
 
     ``forward(logits (R, K), gt_classes (R,)) -> scalar``. Scores: sigmoid, background 0.
     """
 
     prior_prob = 0.001
 
+    FREQUENCIES = ("image", "instance")
+
     @configurable
-    def __init__(self, *, num_classes, image_count=None, num_images=None, lambda_=0.00177):
+    def __init__(self, *, num_classes, image_count=None, num_images=None, instance_count=None,
+                 lambda_=0.00177, frequency="image"):
         super().__init__(num_classes)
-        self.lambda_ = lambda_
+        if frequency not in self.FREQUENCIES:
+            raise ValueError(f"Unknown MODEL.LT.EQL.FREQUENCY={frequency!r}; use one of "
+                             f"{', '.join(map(repr, self.FREQUENCIES))}.")
+        self.lambda_, self.frequency = lambda_, frequency
         tail = None
-        if image_count is not None:
+        if frequency == "image" and image_count is not None:
             tail = (torch.as_tensor(image_count).float() / num_images < lambda_).float()
+        elif frequency == "instance" and instance_count is not None:
+            tail = (torch.as_tensor(instance_count).float() < lambda_).float()
         self.register_buffer("tail_mask", tail, persistent=False)
 
     @classmethod
     def from_config(cls, cfg, num_classes):
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, image_count="image_count", num_images="num_images"),
+            **train_stat_args(cfg, image_count="image_count", num_images="num_images",
+                              instance_count="instance_count"),
             "lambda_": cfg.MODEL.LT.EQL.LAMBDA,
+            "frequency": cfg.MODEL.LT.EQL.FREQUENCY,
         }
 
     @property
@@ -61,10 +75,12 @@ class EQLLoss(LTClassificationLoss):
         return self.num_classes
 
     def forward(self, logits, gt_classes):
-        return eql_loss(logits, gt_classes, require(self.tail_mask, "per-class image counts"))
+        return eql_loss(logits, gt_classes,
+                        require(self.tail_mask, f"per-class {self.frequency} counts"))
 
     def probs(self, logits):
         return append_zero_background(logits.sigmoid())
 
     def extra_repr(self):
-        return f"num_classes={self.num_classes}, lambda_={self.lambda_}"
+        return (f"num_classes={self.num_classes}, lambda_={self.lambda_}, "
+                f"frequency={self.frequency!r}")
