@@ -45,6 +45,10 @@ def add_lt_model_config(cfg):
     # stage's per-class scores) or "mean_logits" (the ACSL official code: the scores of the
     # stage-averaged logits).
     cfg.MODEL.LT.CASCADE.TEST_SCORE = "mean_probs"
+    # LTCascadeROIHeads: scale the gradient that each stage's box head sends back into the pooled
+    # features by 1 / #stages (True: detectron2, which adds the stage losses). False: no scaling,
+    # as mmdetection's Cascade R-CNN (the ACSL configs).
+    cfg.MODEL.LT.CASCADE.SCALE_FEATURE_GRADIENT = True
 
     cfg.MODEL.LT.EQL = CN()
     # Tail threshold lambda on image frequency (image_count / #training images with

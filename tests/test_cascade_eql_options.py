@@ -82,6 +82,27 @@ def test_empty_stage_loss_weights_are_detectron2():
     assert all(torch.equal(stock_grads[k], our_grads[k]) for k in stock_grads)
 
 
+def test_unscaled_feature_gradient_is_three_times_detectron2s():
+    """mmdetection's Cascade does not scale the gradient into the pooled features by 1/3."""
+    cfg, images, features, shape, gts, proposal_gen = _cascade_setup()
+    grads = {}
+    for scale in (True, False):
+        cfg.MODEL.LT.CASCADE.SCALE_FEATURE_GRADIENT = scale
+        heads = _build(LTCascadeROIHeads, cfg, shape)
+        assert heads.scale_feature_gradient is scale
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in features.items()}
+        losses, param_grads = _train_losses(heads, images, leaf, gts, proposal_gen)
+        grads[scale] = ({k: v.grad for k, v in leaf.items()}, param_grads, losses)
+    (scaled, scaled_params, scaled_losses), (plain, plain_params, plain_losses) = grads[True], grads[False]
+    assert all(torch.equal(scaled_losses[k], plain_losses[k]) for k in scaled_losses)
+    for k in scaled:
+        assert scaled[k].abs().sum() > 0
+        assert torch.allclose(plain[k], 3 * scaled[k], rtol=1e-4, atol=1e-10), k
+    # the heads' own parameters get the same gradient either way
+    for name, g in scaled_params.items():
+        assert torch.allclose(plain_params[name], g, rtol=1e-4, atol=1e-10), name
+
+
 @pytest.mark.parametrize("weights", [[1.0, 0.5], [1.0, 0.5, 0.25, 0.125]])
 def test_stage_loss_weights_of_the_wrong_length_fail(weights):
     cfg, *_, shape, _, _ = _cascade_setup(STAGE_LOSS_WEIGHTS=weights)

@@ -89,13 +89,16 @@ class LTCascadeROIHeads(CascadeROIHeads):
             predictor's scores) or "mean_logits" (the ACSL official code, i.e. mmdetection's
             Cascade R-CNN: the last stage's loss turns the stage-averaged logits into scores).
             Boxes are the last stage's in both.
+        scale_feature_gradient (bool): True (detectron2): the gradient each stage sends into the
+            pooled features is scaled by 1 / #stages; False: unscaled (mmdetection).
         Other arguments: those of ``CascadeROIHeads``.
     """
 
     TEST_SCORES = ("mean_probs", "mean_logits")
 
     @configurable
-    def __init__(self, *, stage_loss_weights=(), test_score="mean_probs", **kwargs):
+    def __init__(self, *, stage_loss_weights=(), test_score="mean_probs",
+                 scale_feature_gradient=True, **kwargs):
         super().__init__(**kwargs)
         if len(stage_loss_weights) not in (0, self.num_cascade_stages):
             raise ValueError(
@@ -107,6 +110,7 @@ class LTCascadeROIHeads(CascadeROIHeads):
                              f"{', '.join(map(repr, self.TEST_SCORES))}.")
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.test_score = test_score
+        self.scale_feature_gradient = scale_feature_gradient
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -116,6 +120,7 @@ class LTCascadeROIHeads(CascadeROIHeads):
         ret = super().from_config(cfg, input_shape)
         ret["stage_loss_weights"] = list(cfg.MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS)
         ret["test_score"] = cfg.MODEL.LT.CASCADE.TEST_SCORE
+        ret["scale_feature_gradient"] = cfg.MODEL.LT.CASCADE.SCALE_FEATURE_GRADIENT
         return ret
 
     @classmethod
@@ -138,6 +143,12 @@ class LTCascadeROIHeads(CascadeROIHeads):
         if self.test_score == "mean_probs":
             return super()._forward_box(features, proposals)
         return self._inference_mean_logits(features, proposals)
+
+    def _run_stage(self, features, proposals, stage):
+        if self.scale_feature_gradient:
+            return super()._run_stage(features, proposals, stage)
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        return self.box_predictor[stage](self.box_head[stage](box_features))
 
     def _inference_mean_logits(self, features, proposals):
         """detectron2's cascade inference, scored by the last stage's loss on the mean logits.

@@ -207,6 +207,7 @@ RECIPE_CHECKS = {
     "weights": (lambda c: c.MODEL.WEIGHTS, "eq"),
     "stage_loss_weights": (lambda c: list(c.MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS), "list"),
     "cascade_test_score": (lambda c: c.MODEL.LT.CASCADE.TEST_SCORE, "eq"),
+    "scale_feature_gradient": (lambda c: c.MODEL.LT.CASCADE.SCALE_FEATURE_GRADIENT, "eq"),
     "test_score_thresh": (lambda c: c.MODEL.ROI_HEADS.SCORE_THRESH_TEST, "close"),
     "detections_per_image": (lambda c: c.TEST.DETECTIONS_PER_IMAGE, "eq"),
     "num_classes": (lambda c: _num_classes(c), "eq"),
