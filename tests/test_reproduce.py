@@ -217,3 +217,14 @@ def test_an_interrupted_stage_resumes_and_a_retrained_stage_redoes_surgery(tmp_p
     assert actions[0].done and "--resume" not in actions[0].argv
     assert not actions[1].done and "--overwrite" in actions[1].argv
     assert not actions[2].done
+
+
+def test_the_readme_table_is_the_results_file():
+    from io import StringIO
+    from contextlib import redirect_stdout
+
+    out = StringIO()
+    with redirect_stdout(out):
+        assert reproduce_main(["--list", "--markdown"]) == 0
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert out.getvalue().strip() in f.read(), "regenerate: tools/reproduce.py --list --markdown"

@@ -2,7 +2,7 @@
 # Copyright (c) lt_d2 contributors.
 """Reproduce a published result: run its whole pipeline, then compare with the paper.
 
-    python tools/reproduce.py --list
+    python tools/reproduce.py --list [--markdown]
     python tools/reproduce.py <id> [--num-gpus 8] [--output-dir DIR] [--dry-run] [--step K]
         [--overwrite] [--results FILE] [KEY VALUE ...]
 
@@ -39,6 +39,18 @@ def print_list(results):
         print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
 
 
+def markdown_table(results):
+    """The README's table of published results (kept equal to it by the tests)."""
+    lines = ["| id | published | pipeline | status |", "|---|---|---|---|"]
+    for r in results.values():
+        steps = " → ".join(f"`{s.config[len('configs/'):]}`" if s.kind == "train"
+                           else s.method + (" (model zoo)" if s.input else "")
+                           for s in r.pipeline)
+        lines.append(f"| `{r.id}` | {r.main_metric} {r.published[r.main_metric]:g} | {steps} | "
+                     "recipe-matched, not yet run |")
+    return "\n".join(lines)
+
+
 def format_table(rows):
     lines = [f"{'metric':<22}{'published':>10}{'measured':>10}{'diff':>8}"]
     for metric, pub, got, diff in rows:
@@ -52,6 +64,7 @@ def main(argv=None):
     parser.add_argument("id", nargs="?", help="result id (see --list)")
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides for every stage")
     parser.add_argument("--list", action="store_true", help="print every id and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --list: the README table")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help="results file")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage")
     parser.add_argument("--output-dir", default="output/reproduce", help="where stages write")
@@ -62,7 +75,7 @@ def main(argv=None):
     try:
         results = load_paper_results(args.results)
         if args.list:
-            print_list(results)
+            print(markdown_table(results)) if args.markdown else print_list(results)
             return 0
         if args.id not in results:
             raise PaperResultsError(f"Unknown id {args.id!r}. Valid ids: {', '.join(results)}"
