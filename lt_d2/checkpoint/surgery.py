@@ -61,6 +61,8 @@ class _ArraysUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # the bytes of protocol-2 pickles (Python 2 era model zoos)
     }
 
     def find_class(self, module, name):
@@ -70,14 +72,15 @@ class _ArraysUnpickler(pickle.Unpickler):
 
 
 def _load_pkl(path):
-    """A detectron2 model-zoo pickle: {"model": numpy arrays, "__author__", ...}, or a bare
-    state dict of arrays; arrays become tensors."""
+    """A detectron2 model-zoo pickle ({"model": numpy arrays, "__author__": ..., ...}) or a bare
+    dict of arrays, with the arrays made tensors."""
     with open(path, "rb") as f:
         data = _ArraysUnpickler(f, encoding="latin1").load()
     if isinstance(data, dict) and data and all(isinstance(v, np.ndarray) for v in data.values()):
         data = {"model": data}
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data["model"] = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
+        arrays = (np.ndarray, np.generic)
+        data["model"] = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, arrays) else v
                          for k, v in data["model"].items()}
     return data
 
@@ -85,24 +88,32 @@ def _load_pkl(path):
 def load_checkpoint(path):
     """Load a Detectron2 checkpoint (a dict with a "model" state dict) onto the CPU.
 
-    ``path``: a local ``.pth`` (as tools/train_net.py writes) or model-zoo ``.pkl`` file, or a
-    URL detectron2's PathManager resolves (``detectron2://COCO-Detection/...pkl``,
-    ``https://...``, ``torchvision://resnet50``). The arrays of a ``.pkl`` become tensors.
+    ``path``: a local ``.pth`` (as tools/train_net.py writes) or detectron2 model-zoo ``.pkl``
+    file, or a URL detectron2's PathManager resolves (``detectron2://COCO-Detection/...pkl``,
+    ``https://...``, ``torchvision://resnet50``). The numpy arrays of a ``.pkl`` become tensors.
     """
     local = _local_path(path)
-    try:
-        if local.endswith(".pkl"):
+    if local.endswith(".pkl"):
+        try:
             ckpt = _load_pkl(local)
-        else:
+        except Exception as e:  # pickle errors, refused classes
+            raise SurgeryError(
+                f"'{path}' is not a Detectron2 checkpoint: a .pkl must be a detectron2 model-zoo "
+                f"pickle of numpy arrays ({e}).") from e
+        if isinstance(ckpt, dict) and "blobs" in ckpt:
+            raise SurgeryError(
+                f"'{path}' is a Caffe2 / Detectron1 pickle ('blobs' with Caffe2 names); surgery "
+                "needs detectron2 names: use a detectron2 model-zoo checkpoint or a .pth.")
+    else:
+        try:
             ckpt = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of arbitrary files
-        raise SurgeryError(
-            f"'{path}' is not a Detectron2 checkpoint that torch.load (.pth) or a model-zoo "
-            f"unpickler (.pkl) can read ({e}).") from e
+        except Exception as e:  # pickle / zip errors of arbitrary files
+            raise SurgeryError(
+                f"'{path}' is not a Detectron2 checkpoint that torch.load can read ({e}).") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise SurgeryError(
             f"'{path}' is not a Detectron2 checkpoint: expected a dict with a 'model' state dict "
-            "(as tools/train_net.py writes model_*.pth files and detectron2's model zoo .pkl).")
+            "(as tools/train_net.py writes model_*.pth files).")
     return ckpt
 
 
