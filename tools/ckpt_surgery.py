@@ -10,6 +10,12 @@ reset: keep all weights (LWS, ACSL tune-fc, BACL start from the trained classifi
 Both drop optimizer, scheduler, iteration and loss statistics. The output is written atomically
 (default: model_reset_<method>.pth beside the input); the input is never replaced unless
 --overwrite is given with --out equal to it.
+
+The input may also be a detectron2 model-zoo .pkl or a URL detectron2's PathManager fetches (then
+--out is required), e.g. a COCO detector as an LVIS stage-one init:
+
+    python tools/ckpt_surgery.py --method remove --num-classes 1230 --out coco_r50_init.pth \
+        --ckpt-path detectron2://COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl
 """
 import argparse
 import os
@@ -26,14 +32,17 @@ from lt_d2.checkpoint import (
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--ckpt-path", required=True, help="stage-one checkpoint (.pth)")
+    parser.add_argument("--ckpt-path", required=True,
+                        help="stage-one checkpoint: .pth, model-zoo .pkl, or a URL (detectron2://, "
+                             "https://)")
     parser.add_argument("--method", required=True, choices=["remove", "reset"])
-    parser.add_argument("--out", help="output path (default: model_reset_<method>.pth beside it)")
+    parser.add_argument("--out", help="output path (default: model_reset_<method>.pth beside a "
+                                      "local input; required for a URL)")
     parser.add_argument("--num-classes", type=int, help="stage two's number of classes, if new")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    out = args.out or default_output_path(args.ckpt_path, args.method)
     try:
+        out = args.out or default_output_path(args.ckpt_path, args.method)
         if os.path.abspath(out) == os.path.abspath(args.ckpt_path) and not args.overwrite:
             raise SurgeryError("--out is the input checkpoint; pass --overwrite to replace it.")
         ckpt, report = checkpoint_surgery(load_checkpoint(args.ckpt_path), args.method,

@@ -6,3 +6,7 @@ from .surgery import (
     load_checkpoint,
     save_checkpoint,
 )
+from .torchvision_weights import TorchvisionHandler, convert_torchvision_resnet
+from .torchvision_weights import register as _register_torchvision
+
+_register_torchvision()  # torchvision:// paths for MODEL.WEIGHTS, on `import lt_d2`

@@ -11,10 +11,13 @@ With a new number of classes, every class-specific layer (classifier, class-spec
 regression, mask predictor) is dropped too, so stage two initialises it at its new size.
 """
 import os
+import pickle
 import re
 import tempfile
 
+import numpy as np
 import torch
+from detectron2.utils.file_io import PathManager
 
 PREDICTOR = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?")
 CLASSIFIER = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?cls_score\.")
@@ -27,15 +30,86 @@ class SurgeryError(ValueError):
     """A checkpoint that surgery cannot work on (the message says why and what to do)."""
 
 
-def load_checkpoint(path):
-    """Load a Detectron2 checkpoint (a dict with a "model" state dict) onto the CPU."""
-    if not os.path.isfile(path):
-        raise SurgeryError(f"Checkpoint '{path}' does not exist.")
+def _is_url(path):
+    return "://" in path
+
+
+def _local_path(path):
+    """A local file for ``path``: itself, or what detectron2's PathManager fetches for a URL or
+    a registered prefix (``detectron2://``, ``https://``, ``torchvision://``; cached)."""
+    if not _is_url(path):
+        if not os.path.isfile(path):
+            raise SurgeryError(f"Checkpoint '{path}' does not exist.")
+        return path
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of arbitrary files
+        local = PathManager.get_local_path(path)
+    except Exception as e:  # network, unknown model names, ...
+        raise SurgeryError(f"Could not fetch checkpoint '{path}' ({e}).") from e
+    if not os.path.isfile(local):  # no handler claimed the prefix: iopath took it as a file name
         raise SurgeryError(
-            f"'{path}' is not a Detectron2 checkpoint that torch.load can read ({e}).") from e
+            f"Checkpoint '{path}' does not exist (known URL prefixes: detectron2://, https://, "
+            "torchvision://).")
+    return local
+
+
+class _ArraysUnpickler(pickle.Unpickler):
+    """Unpickles the numpy arrays and plain containers of a model-zoo .pkl and nothing else (an
+    arbitrary pickle can run code; torch.load(weights_only=True) gives .pth files the same
+    guard)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # the bytes of protocol-2 pickles (Python 2 era model zoos)
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_pkl(path):
+    """A detectron2 model-zoo pickle ({"model": numpy arrays, "__author__": ..., ...}) or a bare
+    dict of arrays, with the arrays made tensors."""
+    with open(path, "rb") as f:
+        data = _ArraysUnpickler(f, encoding="latin1").load()
+    if isinstance(data, dict) and data and all(isinstance(v, np.ndarray) for v in data.values()):
+        data = {"model": data}
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        arrays = (np.ndarray, np.generic)
+        data["model"] = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, arrays) else v
+                         for k, v in data["model"].items()}
+    return data
+
+
+def load_checkpoint(path):
+    """Load a Detectron2 checkpoint (a dict with a "model" state dict) onto the CPU.
+
+    ``path``: a local ``.pth`` (as tools/train_net.py writes) or detectron2 model-zoo ``.pkl``
+    file, or a URL detectron2's PathManager resolves (``detectron2://COCO-Detection/...pkl``,
+    ``https://...``, ``torchvision://resnet50``). The numpy arrays of a ``.pkl`` become tensors.
+    """
+    local = _local_path(path)
+    if local.endswith(".pkl"):
+        try:
+            ckpt = _load_pkl(local)
+        except Exception as e:  # pickle errors, refused classes
+            raise SurgeryError(
+                f"'{path}' is not a Detectron2 checkpoint: a .pkl must be a detectron2 model-zoo "
+                f"pickle of numpy arrays ({e}).") from e
+        if isinstance(ckpt, dict) and "blobs" in ckpt:
+            raise SurgeryError(
+                f"'{path}' is a Caffe2 / Detectron1 pickle ('blobs' with Caffe2 names); surgery "
+                "needs detectron2 names: use a detectron2 model-zoo checkpoint or a .pth.")
+    else:
+        try:
+            ckpt = torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle / zip errors of arbitrary files
+            raise SurgeryError(
+                f"'{path}' is not a Detectron2 checkpoint that torch.load can read ({e}).") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise SurgeryError(
             f"'{path}' is not a Detectron2 checkpoint: expected a dict with a 'model' state dict "
@@ -115,5 +189,10 @@ def save_checkpoint(ckpt, path, overwrite=False):
 
 
 def default_output_path(ckpt_path, method):
-    """``<folder>/model_reset_<method>.pth`` beside the input (the eqlv2 repository's names)."""
+    """``<folder>/model_reset_<method>.pth`` beside the input (the eqlv2 repository's names).
+    A URL has no folder to write beside: its output must be given."""
+    if _is_url(ckpt_path):
+        raise SurgeryError(
+            f"'{ckpt_path}' is a URL: name the output checkpoint with --out (e.g. --out "
+            f"output/model_reset_{method}.pth).")
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"model_reset_{method}.pth")
