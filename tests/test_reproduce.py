@@ -66,6 +66,8 @@ def test_every_config_of_a_pipeline_resolves_and_matches_its_recipe(result_id):
         assert not recipe_mismatches(recipe, cfg, wired_weights=result.pipeline.index(step) > 0)
         for key in ("images_seen", "batch", "base_lr", "steps"):
             assert key in recipe, f"stage {i + 1} of {result_id} has no '{key}'"
+        if cfg.MODEL.LT.NORM_EVAL:  # mmdetection decays trainable batch-norm weights alike
+            assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY, step.config
         with open(os.path.join(REPO, step.config)) as f:
             header = f.read(2000)
         if result_id in PUBLISHED_IDS:  # a paper config says which row it reproduces
