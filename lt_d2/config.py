@@ -155,6 +155,9 @@ def add_lt_multilabel_config(cfg):
     # dropout with this probability.
     cfg.MODEL.LT.MULTILABEL.NECK_DIM = 256
     cfg.MODEL.LT.MULTILABEL.DROPOUT = 0.5
+    # Initialisation of the neck's FC: "pytorch" (nn.Linear's default) or "kaiming_fan_out"
+    # (the DB-loss project: kaiming-normal weights, fan-out mode, bias 0).
+    cfg.MODEL.LT.MULTILABEL.NECK_INIT = "pytorch"
 
     cfg.INPUT.LT.MULTILABEL = CN()
     # Multi-label classification input: images are resized to IMAGE_SIZE x IMAGE_SIZE without

@@ -287,3 +287,20 @@ def test_missing_synthetic_set_names_the_command_that_makes_it(tmp_path):
                           *_ml_opts(tmp_path)], tmp_path)
     assert proc.returncode != 0
     assert "prepare_synthetic_lt.py --kind multilabel" in proc.stderr
+
+
+def test_neck_init_kaiming_fan_out_is_the_projects():
+    from lt_d2.modeling.multilabel_classifier import PooledFCNeck
+
+    torch.manual_seed(0)
+    neck = PooledFCNeck(64, 32, 0.5, init="kaiming_fan_out")
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(64, 32)
+    torch.nn.init.kaiming_normal_(fc.weight, mode="fan_out")
+    assert torch.equal(neck[2].weight, fc.weight) and not neck[2].bias.any()
+    torch.manual_seed(0)
+    default = PooledFCNeck(64, 32, 0.5)[2].weight
+    torch.manual_seed(0)
+    assert torch.equal(default, torch.nn.Linear(64, 32).weight)
+    with pytest.raises(ValueError, match="NECK_INIT='xavier'"):
+        PooledFCNeck(64, 32, 0.5, init="xavier")

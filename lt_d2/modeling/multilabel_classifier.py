@@ -17,13 +17,26 @@ __all__ = ["MultiLabelClassifier", "PooledFCNeck"]
 
 
 class PooledFCNeck(nn.Sequential):
-    """Global average pool -> Linear(in, out) -> BatchNorm1d -> Dropout (the project's PFC)."""
+    """Global average pool -> Linear(in, out) -> BatchNorm1d -> Dropout (the project's PFC).
 
-    def __init__(self, in_channels, out_channels, dropout):
+    ``init``: "pytorch" keeps nn.Linear's default initialisation of the FC; "kaiming_fan_out" is
+    the project's (kaiming-normal weights in fan-out mode, bias 0).
+    """
+
+    INITS = ("pytorch", "kaiming_fan_out")
+
+    def __init__(self, in_channels, out_channels, dropout, init="pytorch"):
+        if init not in self.INITS:
+            raise ValueError(f"Unknown MODEL.LT.MULTILABEL.NECK_INIT={init!r}; use one of "
+                             f"{', '.join(map(repr, self.INITS))}.")
+        fc = nn.Linear(in_channels, out_channels)
+        if init == "kaiming_fan_out":
+            nn.init.kaiming_normal_(fc.weight, mode="fan_out")
+            nn.init.zeros_(fc.bias)
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
-            nn.Linear(in_channels, out_channels),
+            fc,
             nn.BatchNorm1d(out_channels),
             nn.Dropout(dropout),
         )
@@ -73,7 +86,8 @@ class MultiLabelClassifier(nn.Module):
         return {
             "backbone": backbone,
             "in_feature": c.IN_FEATURE,
-            "neck": PooledFCNeck(shapes[c.IN_FEATURE].channels, c.NECK_DIM, c.DROPOUT),
+            "neck": PooledFCNeck(shapes[c.IN_FEATURE].channels, c.NECK_DIM, c.DROPOUT,
+                                 c.NECK_INIT),
             "loss": loss,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
