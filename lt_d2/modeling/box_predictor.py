@@ -9,12 +9,15 @@ from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
 from torch import nn
 
 from .losses import SoftmaxCE, build_cls_loss
+from .losses.utils import upcast
 
 
 class CosineLinear(nn.Linear):
     """z = scale * <x / |x|, w / |w|> + b (the normalised linear layer of the Seesaw configs).
 
     Same parameters (``weight``, ``bias``) as ``nn.Linear``, so checkpoints move between the two.
+    The norms are taken in float32 (features may be float16 / bfloat16 under autocast, where
+    the eps would vanish and the sum of squares lose precision); the product follows autocast.
     """
 
     def __init__(self, in_features, out_features, scale=20.0, eps=1e-6):
@@ -22,6 +25,7 @@ class CosineLinear(nn.Linear):
         self.scale, self.eps = scale, eps
 
     def forward(self, x):
+        x = upcast(x)
         x = x / (x.norm(dim=1, keepdim=True) + self.eps)
         w = self.weight / (self.weight.norm(dim=1, keepdim=True) + self.eps)
         return F.linear(x * self.scale, w, self.bias)

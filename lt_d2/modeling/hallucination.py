@@ -13,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from .losses.utils import all_reduce_sum_
+from .losses.utils import all_reduce_sum_, float32_math, upcast
 
 HALLUCINATOR_REGISTRY = Registry("LT_HALLUCINATOR")
 HALLUCINATOR_REGISTRY.__doc__ = """Feature hallucination modules owned by lt_d2's ROI heads."""
@@ -86,8 +86,13 @@ class FeatureHallucinator(nn.Module):
 
         Per class in the batch: mean and variance (unbiased when it has > 1 sample, else 0);
         a class seen for the first time takes them as they are, later ones move by
-        ``momentum`` towards them.
+        ``momentum`` towards them. Features of any dtype (float16 / bfloat16 under autocast)
+        are folded in float32, the dtype of the statistics.
         """
+        with float32_math(features):
+            self._update(upcast(features), labels)
+
+    def _update(self, features, labels):
         k = self.num_classes
         counts = torch.bincount(labels, minlength=k).to(features.dtype)
         sums = features.new_zeros(k, self.feature_dim).index_add_(0, labels, features)

@@ -6,6 +6,8 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from .utils import float32_math, upcast
+
 CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
 CLS_LOSS_REGISTRY.__doc__ = """
 ROI classification losses, selected by MODEL.LT.CLS_LOSS. Each is an LTClassificationLoss built
@@ -25,6 +27,11 @@ class LTClassificationLoss(nn.Module):
     * ``probs(logits)``: (R, K+1) per-class scores with the background last, used at inference
       and averaged over Cascade stages;
     * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses).
+
+    Mixed precision: calling a loss casts the logits to float32 and turns autocast off around
+    ``forward``, so the loss math and the state buffers (always float32) are those of the
+    float32 computation on the same, rounded, logits; the gradient flows back to the logits in
+    their own dtype (float16 / bfloat16 under autocast).
     """
 
     prior_prob = None
@@ -33,6 +40,10 @@ class LTClassificationLoss(nn.Module):
     def __init__(self, num_classes):
         super().__init__()
         self.num_classes = num_classes
+
+    def __call__(self, logits, *args, **kwargs):
+        with float32_math(logits):
+            return super().__call__(upcast(logits), *args, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, num_classes):

@@ -41,7 +41,8 @@ class EQLv2Loss(LTClassificationLoss):
     Persistent buffers ``pos_grad``, ``neg_grad`` (K) and ``pos_neg`` (K, starts at 100 so the
     first weights are all 1) accumulate |dBCE/dz| of positives and negatives over all iterations
     and all processes (summed with all-reduce when there are several). Weights use the state of
-    previous iterations; the state is updated in training mode only.
+    previous iterations; the state is updated in training mode only, and the ratio of a class
+    only when it received some gradient.
 
     Args:
         num_classes (int): K. gamma (12), mu (0.8), alpha (4): the paper's hyper-parameters.
@@ -82,7 +83,11 @@ class EQLv2Loss(LTClassificationLoss):
         all_reduce_sum_(pos, neg)
         self.pos_grad += pos
         self.neg_grad += neg
-        self.pos_neg.copy_(self.pos_grad / (self.neg_grad + 1e-10))
+        # the official code recomputes every ratio; a class that got no gradient at all (an
+        # empty batch, saturated logits) keeps its ratio, so its initial 100 (weights 1) does
+        # not become 0 / 1e-10 = 0 before the class was ever seen
+        seen = (pos + neg) > 0
+        self.pos_neg.copy_(torch.where(seen, self.pos_grad / (self.neg_grad + 1e-10), self.pos_neg))
 
     def probs(self, logits):
         return sigmoid_with_objectness(logits)

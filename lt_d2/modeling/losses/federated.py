@@ -12,8 +12,9 @@ def federated_classes(gt_classes, class_weights, num_fed_classes):
     replacement with probability proportional to ``class_weights`` until ``num_fed_classes``.
 
     As in detectron2, the background label counts toward ``num_fed_classes`` when present.
-    With fewer candidate classes than that (small datasets) every candidate is taken.
-    Returns a (K,) 0/1 float mask.
+    With fewer candidate classes than that (small datasets, K <= ``num_fed_classes``) every
+    candidate is taken; when none is left (every class already in the batch) nothing is drawn,
+    so the RNG is only used when there is a choice to make. Returns a (K,) 0/1 float mask.
     """
     num_classes = class_weights.shape[0]
     present = torch.unique(gt_classes)
@@ -21,8 +22,12 @@ def federated_classes(gt_classes, class_weights, num_fed_classes):
     if len(present) < num_fed_classes:
         prob = torch.cat([class_weights.float(), class_weights.new_zeros(1, dtype=torch.float)])
         prob[present] = 0
-        num_extra = min(num_fed_classes - len(present), int((prob > 0).sum()))
-        extra = torch.multinomial(prob, num_extra, replacement=False)
+        candidates = int((prob > 0).sum())
+        num_extra = min(num_fed_classes - len(present), candidates)
+        if num_extra == candidates:  # all of them: no draw needed
+            extra = torch.nonzero(prob > 0).flatten()
+        else:
+            extra = torch.multinomial(prob, num_extra, replacement=False)
         chosen = torch.cat([present, extra])
     mask = class_weights.new_zeros(num_classes + 1, dtype=torch.float)
     mask[chosen] = 1
@@ -64,6 +69,8 @@ class FederatedLoss(LTClassificationLoss):
     def forward(self, logits, gt_classes):
         weights = require(self.class_weights, "per-class image counts")
         cls_logits = logits[:, :-1]
+        if logits.shape[0] == 0:  # as detectron2: no loss, and no draw from the RNG
+            return logits.sum() * 0.0
         targets = one_hot_foreground(gt_classes, self.num_classes)
         mask = federated_classes(gt_classes, weights, self.num_fed_classes)
         return weighted_bce_mean(cls_logits, targets, mask[None, :])

@@ -1,7 +1,25 @@
 # Copyright (c) lt_d2 contributors.
-"""Helpers shared by the losses: targets, objectness scores, cross-process sums."""
+"""Helpers shared by the losses: targets, objectness scores, cross-process sums, float32 math."""
+import contextlib
+
 import torch
 import torch.distributed as dist
+
+
+def float32_math(tensor):
+    """A context in which autocast is off on ``tensor``'s device, so that the loss math (and
+    the state updated from it) runs in float32 under mixed precision: autocast would otherwise
+    run matrix products of float32 operands in float16 / bfloat16."""
+    try:
+        return torch.autocast(tensor.device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: it cannot be on there
+        return contextlib.nullcontext()
+
+
+def upcast(tensor):
+    """``tensor`` in float32 if it is a float16 / bfloat16 tensor; as it is otherwise (float64
+    stays float64)."""
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor
 
 
 def one_hot(gt_classes, num_columns, dtype=torch.float32):
