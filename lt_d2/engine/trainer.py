@@ -18,6 +18,7 @@ from ..data import build_training_sampler, check_dataset_files
 from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
 from ..evaluation import build_lt_evaluator
+from .amp import use_cpu_amp
 from .freeze import check_weights_fit, freeze_all_but
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class LTTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_config(cfg)
         super().__init__(cfg)
+        # detectron2's AMPTrainer is CUDA-only: on the CPU, SOLVER.AMP.ENABLED means bfloat16
+        self._trainer = use_cpu_amp(self._trainer, cfg.MODEL.DEVICE)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
