@@ -35,7 +35,9 @@ def summarize(records, ims_per_batch, wall_s):
         "iterations": max(r["iteration"] for r in records if "total_loss" in r) + 1,
         "s_per_iter": round(median, 4),
         "train_images_per_s": round(ims_per_batch / median, 2),
-        **{k.split("/")[1]: round(v, 2) for k, v in final.items() if k.startswith("bbox/")},
+        # undefined metrics (no detection) are null in metrics.json
+        **{k.split("/")[1]: None if v is None else round(v, 2)
+           for k, v in final.items() if k.startswith("bbox/")},
     }
 
 

@@ -1,6 +1,5 @@
 # Copyright (c) lt_d2 contributors.
 """``LTTrainer``: detectron2's ``DefaultTrainer`` with lt_d2's samplers, evaluators and checks."""
-import json
 import logging
 import os
 
@@ -20,6 +19,7 @@ from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_t
 from ..evaluation import build_lt_evaluator
 from .amp import use_cpu_amp
 from .freeze import check_weights_fit, freeze_all_but
+from .metrics_json import make_strict, strict_json_line
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def check_config(cfg):
 
 def write_eval_metrics(output_dir, results):
     """Append evaluation results to ``output_dir/metrics.json`` as one line of flattened keys
-    ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there."""
+    ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there;
+    undefined (NaN) metrics are written as null (strict JSON)."""
     from detectron2.evaluation.testing import flatten_results_dict
     from detectron2.utils.file_io import PathManager
 
@@ -68,7 +69,7 @@ def write_eval_metrics(output_dir, results):
         return
     PathManager.mkdirs(output_dir)
     with PathManager.open(os.path.join(output_dir, "metrics.json"), "a") as f:
-        f.write(json.dumps({"eval_only": True, **flat}, sort_keys=True) + "\n")
+        f.write(strict_json_line({"eval_only": True, **flat}))
 
 
 def with_full_model_clipping(optimizer, max_norm, norm_type=2.0):
@@ -105,6 +106,16 @@ class LTTrainer(DefaultTrainer):
         super().__init__(cfg)
         # detectron2's AMPTrainer is CUDA-only: on the CPU, SOLVER.AMP.ENABLED means bfloat16
         self._trainer = use_cpu_amp(self._trainer, cfg.MODEL.DEVICE)
+
+    def build_writers(self):
+        """detectron2's writers, with ``metrics.json`` written as strict JSON (NaN -> null)."""
+        from detectron2.utils.events import JSONWriter
+
+        writers = super().build_writers()
+        for writer in writers:
+            if isinstance(writer, JSONWriter):
+                make_strict(writer)
+        return writers
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -32,10 +32,19 @@ class LongTailReport(DatasetEvaluator):
         from .longtail_report import per_class_ap, write_longtail_report
 
         results = self._inner.evaluate()
-        if not comm.is_main_process() or not self._output_dir:
+        if not comm.is_main_process():
             return results
+        if not self._output_dir:
+            logger.info("No long-tail report: the evaluator has no output directory.")
+            return results
+        precisions = getattr(self._inner, "_last_precision", {})
+        if not results:
+            logger.warning("No long-tail report: nothing was evaluated (no ground truth).")
+        for task in sorted(set(results or {}) - set(precisions)):
+            logger.warning("No long-tail report for %s: no per-class AP was computed (the model "
+                           "made no detection, so every AP is undefined).", task)
         names = self._inner._metadata.get("thing_classes", None)
-        for task, precision in getattr(self._inner, "_last_precision", {}).items():
+        for task, precision in precisions.items():
             ap = 100 * per_class_ap(precision)  # percent, as the metrics detectron2 prints
             if names is None or len(names) != len(ap) or len(self._stats.image_count) != len(ap):
                 logger.warning("No long-tail report for %s: %d classes evaluated, %s named, "
@@ -71,6 +80,11 @@ def build_lt_evaluator(cfg, dataset_name, output_folder):
         evaluator = LTLVISEvaluator(dataset_name, output_dir=output_folder,
                                     backend=cfg.TEST.LT.LVIS_BACKEND)
         stats = _train_stats(cfg) if cfg.TEST.LT.REPORT else None
+        if cfg.TEST.LT.REPORT and stats is None:
+            logger.warning(
+                "No long-tail report for %s: it needs the class statistics of DATASETS.TRAIN, "
+                "which %s. Set TEST.LT.REPORT False to silence this.", dataset_name,
+                "is empty" if not cfg.DATASETS.TRAIN else "could not be read (see above)")
         if stats is not None:
             evaluator = LongTailReport(evaluator, stats, output_folder)
         if not cfg.TEST.LT.FIXED_AP:
