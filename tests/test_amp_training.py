@@ -114,12 +114,15 @@ def test_amp_trains_on_the_cpu_with_float32_loss_state(name, train_set, tmp_path
 def test_amp_on_cuda_keeps_detectron2s_trainer():
     from detectron2.engine import AMPTrainer
 
-    from lt_d2.engine.amp import use_cpu_amp
+    from lt_d2.engine.amp import CPUAutocastStep, use_cpu_amp
 
     class Fake(AMPTrainer):
         def __init__(self):  # no model needed to pick the step
             pass
 
-    fake = Fake()
-    assert type(use_cpu_amp(fake, "cuda:0")) is Fake
-    assert type(use_cpu_amp(fake, "cpu")) is CPUAMPTrainer
+    assert type(use_cpu_amp(Fake(), "cuda:0")) is Fake
+    cpu = use_cpu_amp(Fake(), "cpu")  # a subclass keeps its own methods, gets the CPU step
+    assert isinstance(cpu, Fake) and isinstance(cpu, CPUAutocastStep)
+    assert type(cpu).run_step is CPUAutocastStep.run_step
+    plain = AMPTrainer.__new__(AMPTrainer)
+    assert type(use_cpu_amp(plain, "cpu")) is CPUAMPTrainer

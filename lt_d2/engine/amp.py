@@ -15,10 +15,9 @@ from detectron2.engine import AMPTrainer
 logger = logging.getLogger(__name__)
 
 
-class CPUAMPTrainer(AMPTrainer):
-    """detectron2's ``AMPTrainer`` whose step runs the model under CPU bfloat16 autocast, with
-    plain (unscaled) backward and optimizer step. Its state (``grad_scaler``, a disabled scaler
-    on the CPU) is that of ``AMPTrainer``, so checkpoints move between the two."""
+class CPUAutocastStep:
+    """A training step under CPU bfloat16 autocast with a plain (unscaled) backward and
+    optimizer step, mixed into detectron2's ``AMPTrainer`` (or a subclass of it)."""
 
     precision = torch.bfloat16
 
@@ -48,13 +47,22 @@ class CPUAMPTrainer(AMPTrainer):
         self.optimizer.step()
 
 
+class CPUAMPTrainer(CPUAutocastStep, AMPTrainer):
+    """detectron2's ``AMPTrainer`` whose step runs under CPU bfloat16 autocast. Its state
+    (``grad_scaler``, a disabled scaler on the CPU) is that of ``AMPTrainer``, so checkpoints
+    move between the two."""
+
+
 def use_cpu_amp(trainer, device):
-    """Turn the inner trainer that ``DefaultTrainer`` built for ``SOLVER.AMP.ENABLED`` (an
-    ``AMPTrainer``) into a :class:`CPUAMPTrainer` when the model runs on the CPU. The object is
-    kept (only its step changes), so everything that refers to it still does."""
+    """Give the inner trainer that ``DefaultTrainer`` built for ``SOLVER.AMP.ENABLED`` (an
+    ``AMPTrainer``, or a subclass) the CPU autocast step when the model runs on the CPU. The
+    object is kept (only its class changes), so everything that refers to it still does."""
     if device.startswith("cuda") or not isinstance(trainer, AMPTrainer):
         return trainer
-    trainer.__class__ = CPUAMPTrainer
+    if not isinstance(trainer, CPUAutocastStep):
+        base = type(trainer)
+        trainer.__class__ = CPUAMPTrainer if base is AMPTrainer else type(
+            f"CPUAMP{base.__name__}", (CPUAutocastStep, base), {})
     logger.info("SOLVER.AMP.ENABLED on MODEL.DEVICE %s: training under CPU bfloat16 autocast "
                 "(losses and their state in float32).", device)
     return trainer
