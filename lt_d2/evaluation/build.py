@@ -38,8 +38,10 @@ class LongTailReport(DatasetEvaluator):
             logger.info("No long-tail report: the evaluator has no output directory.")
             return results
         precisions = getattr(self._inner, "_last_precision", {})
-        if not results:
-            logger.warning("No long-tail report: nothing was evaluated (no ground truth).")
+        if not results:  # (and _last_precision may be a previous evaluation's)
+            logger.warning("No long-tail report: nothing was evaluated (no images were "
+                           "processed, or the dataset has no ground truth).")
+            return results
         for task in sorted(set(results or {}) - set(precisions)):
             logger.warning("No long-tail report for %s: no per-class AP was computed (the model "
                            "made no detection, so every AP is undefined).", task)
