@@ -20,6 +20,10 @@ Fixes (see ``shared/reference/DETECTRON2_NOTES.md`` section 6 for the original f
   0.6's ``MapDataset`` does when a mapper drops an image. Sample from a sorted list instead.
 * ``cpu_ddp``: ``create_ddp_model`` passes ``device_ids=[local_rank]``, which DDP rejects for a
   CPU model; CPU models get ``device_ids=None``.
+* ``export_without_caffe2``: detectron2 0.6's ``detectron2/export/__init__.py`` imports caffe2,
+  which today's torch no longer ships, so ``import detectron2.export`` (TorchScript tracing and
+  scripting included) fails. Register the package without its caffe2 part, as detectron2 main
+  does: ``TracingAdapter``, ``scripting_with_instances``, ``dump_torchscript_IR``.
 * :func:`launch`: detectron2 0.6's ``launch`` asserts CUDA and NCCL for more than one process.
   On machines without CUDA we run the processes on the gloo backend, as detectron2 main does.
 
@@ -160,6 +164,30 @@ def patch_cpu_ddp():
     return True
 
 
+def patch_export_without_caffe2():
+    import importlib.util
+
+    if "detectron2.export" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("detectron2.export")
+    if spec is None or importlib.util.find_spec("caffe2") is not None:
+        return False
+    with open(spec.origin, encoding="utf-8") as f:
+        init_source = f.read()
+    if "except ImportError" in init_source:  # detectron2 main: caffe2 is optional there
+        return False
+    package = importlib.util.module_from_spec(spec)  # the package, without running __init__
+    sys.modules["detectron2.export"] = package
+    from detectron2.export.flatten import TracingAdapter
+    from detectron2.export.torchscript import dump_torchscript_IR, scripting_with_instances
+
+    package.TracingAdapter = TracingAdapter
+    package.dump_torchscript_IR = dump_torchscript_IR
+    package.scripting_with_instances = scripting_with_instances
+    package.__all__ = ["TracingAdapter", "dump_torchscript_IR", "scripting_with_instances"]
+    return True
+
+
 def _uses_removed_alias(module):
     with open(module.__file__, encoding="utf-8") as f:
         source = f.read()
@@ -173,6 +201,7 @@ _PATCHES = {
     "collect_env": patch_collect_env,
     "map_dataset_sample": patch_map_dataset_sample,
     "cpu_ddp": patch_cpu_ddp,
+    "export_without_caffe2": patch_export_without_caffe2,
 }
 
 

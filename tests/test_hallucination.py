@@ -137,7 +137,7 @@ def test_roi_heads_feed_hallucinated_features_to_the_classifier_only():
     with EventStorage():
         _, losses = roi_heads(images, features, proposals, gts)
     assert torch.isfinite(sum(losses.values()))
-    assert roi_heads.box_predictor.extra_classification is None  # cleared after the step
+    assert not hasattr(roi_heads.box_predictor, "extra_classification")  # passed, not stored
     # FCBL counted the hallucinated rows in its confusion statistics as well
     assert roi_heads.box_predictor.cls_loss.num_gt.sum() > 2 * 2
 

@@ -1,11 +1,13 @@
 # Copyright (c) lt_d2 contributors.
-"""Stage-two freezing: only the parameters ``MODEL.LT.TRAINABLE`` names get gradients."""
+"""Stage-two freezing: only the parameters ``MODEL.LT.TRAINABLE`` names get gradients, and the
+losses of heads that no longer train are skipped (:func:`skip_frozen_losses`)."""
 import fnmatch
 import logging
 import os
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling.proposal_generator import RPN
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
@@ -48,6 +50,74 @@ def _freeze_batchnorm(module):
             setattr(module, name, FrozenBatchNorm2d.convert_frozen_batchnorm(child))
         else:
             _freeze_batchnorm(child)
+
+
+def _all_frozen(*modules):
+    return not any(p.requires_grad for m in modules for p in m.parameters())
+
+
+class _LossFreeRPN:
+    """Mixed into a detectron2 ``RPN`` (sub)class by :func:`skip_frozen_losses`: ``forward`` is
+    detectron2's, so training still gives the training-mode proposals (``PRE/POST_NMS_TOPK_TRAIN``),
+    but anchors are not labelled and no loss is computed."""
+
+    def label_and_sample_anchors(self, anchors, gt_instances):
+        return None, None
+
+    def losses(self, *args, **kwargs):
+        return {}
+
+
+def _loss_free_class(cls):
+    """``LossFree<cls>``: ``cls`` with :class:`_LossFreeRPN`; one class per RPN class, kept as
+    an attribute of this module so that models holding it still pickle."""
+    name = f"LossFree{cls.__name__}"
+    existing = globals().get(name)
+    if existing is None or existing.__bases__ != (_LossFreeRPN, cls):
+        existing = type(name, (_LossFreeRPN, cls), {"__module__": __name__, "__doc__": cls.__doc__})
+        globals()[name] = existing
+    return existing
+
+
+def skip_frozen_losses(model):
+    """Turn off the training losses of ``model``'s heads that reach no trainable parameter;
+    returns the names of the skipped losses (and logs them).
+
+    A head's loss reaches its own parameters and the backbone's (and, for box regression, the
+    box head's), so nothing is skipped while the backbone trains. Otherwise: the RPN's losses
+    (``loss_rpn_cls``, ``loss_rpn_loc``) when the proposal generator is a detectron2 ``RPN`` with
+    no trainable parameter (its class becomes ``LossFree<RPN class>``, see :class:`_LossFreeRPN`);
+    ``loss_box_reg`` when ``bbox_pred`` and the box head are frozen (lt_d2's predictor's
+    ``box_reg_loss_on``); the mask head's forward and ``loss_mask`` when it is frozen (lt_d2's ROI
+    heads' ``mask_loss_on``). The gradients of the trainable parameters are unchanged, and the
+    logged ``total_loss`` is what is optimised.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not _all_frozen(backbone):
+        return []
+    skipped = []
+    rpn = getattr(model, "proposal_generator", None)
+    if isinstance(rpn, RPN) and _all_frozen(rpn):
+        if not isinstance(rpn, _LossFreeRPN):
+            rpn.__class__ = _loss_free_class(type(rpn))
+        skipped += ["loss_rpn_cls", "loss_rpn_loc"]
+    roi_heads = getattr(model, "roi_heads", None)
+    predictors = getattr(roi_heads, "box_predictor", None)
+    if predictors is not None:
+        cascade = isinstance(predictors, nn.ModuleList)
+        heads = roi_heads.box_head if cascade else [roi_heads.box_head]
+        for k, (head, predictor) in enumerate(zip(heads, predictors if cascade else [predictors])):
+            if hasattr(predictor, "box_reg_loss_on") and _all_frozen(head, predictor.bbox_pred):
+                predictor.box_reg_loss_on = False
+                skipped.append(f"loss_box_reg_stage{k}" if cascade else "loss_box_reg")
+    if (getattr(roi_heads, "mask_on", False) and hasattr(roi_heads, "mask_loss_on")
+            and _all_frozen(roi_heads.mask_head)):
+        roi_heads.mask_loss_on = False
+        skipped.append("loss_mask")
+    if skipped:
+        logger.info("Stage two: skipping the losses of frozen heads (no trainable parameter "
+                    "reaches them; total_loss is what is optimised): %s", ", ".join(skipped))
+    return skipped
 
 
 def check_weights_fit(model, weights_path):

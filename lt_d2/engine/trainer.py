@@ -18,7 +18,7 @@ from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
 from ..evaluation import build_lt_evaluator
 from .amp import use_cpu_amp
-from .freeze import check_weights_fit, freeze_all_but
+from .freeze import check_weights_fit, freeze_all_but, skip_frozen_losses
 from .metrics_json import make_strict, strict_json_line
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class LTTrainer(DefaultTrainer):
       OpenImages, multi-label; see :func:`lt_d2.evaluation.build_lt_evaluator`);
     * maps training images with large-scale jitter / copy-paste when ``INPUT.LT`` asks for it;
     * checks datasets, device and ``NUM_CLASSES`` before it spends time training;
-    * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else and checks that
-      ``MODEL.WEIGHTS`` holds every frozen tensor.
+    * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else, skips the
+      losses of the frozen heads and checks that ``MODEL.WEIGHTS`` holds every frozen tensor.
     """
 
     def __init__(self, cfg):
@@ -135,6 +135,7 @@ class LTTrainer(DefaultTrainer):
         model = super().build_model(cfg)
         if cfg.MODEL.LT.TRAINABLE:
             freeze_all_but(model, list(cfg.MODEL.LT.TRAINABLE))
+            skip_frozen_losses(model)
         return model
 
     def resume_or_load(self, resume=True):

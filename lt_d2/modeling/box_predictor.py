@@ -1,11 +1,14 @@
 # Copyright (c) lt_d2 contributors.
 """The box predictor of lt_d2's ROI heads: detectron2's, with a pluggable classification loss."""
+from typing import List, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
+from detectron2.structures import Instances
 from torch import nn
 
 from .losses import SoftmaxCE, build_cls_loss
@@ -62,6 +65,13 @@ def build_classifier(kind, in_features, out_features, cosine_scale=20.0):
     return layer
 
 
+def require_lt_config(cfg, what):
+    """Raise, with the fix, if ``cfg`` lacks lt_d2's keys (``MODEL.LT``, ``INPUT.LT``)."""
+    if "LT" not in cfg.MODEL:
+        raise KeyError(f"{what} reads lt_d2's config keys (MODEL.LT), which this config lacks: "
+                       "call lt_d2.config.add_lt_config(cfg) on it before building the model.")
+
+
 class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
     """detectron2's ``FastRCNNOutputLayers`` whose classification loss is a module.
 
@@ -76,6 +86,15 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         classifier (str): "linear", "cosine" or "lws" (learnable per-class weight scales).
         cosine_scale (float): the cosine temperature.
         Other arguments: those of ``FastRCNNOutputLayers``.
+
+    Attributes:
+        box_reg_loss_on (bool): False leaves ``loss_box_reg`` out of :meth:`losses`. Set by
+            :func:`lt_d2.engine.freeze.skip_frozen_losses` when no parameter the loss reaches
+            trains (decoupled stage two), so that the logged total is the optimised loss.
+
+    Export: ``predict_probs`` traces for inputs of any size (the split sizes are traced, not
+    baked in) and the predictor scripts with the losses whose ``probs`` TorchScript compiles
+    (softmax CE, the default); with another loss scripting raises an error that says so.
     """
 
     @configurable
@@ -90,12 +109,11 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_score = build_classifier(
                 classifier, self.cls_score.in_features, self.cls_loss.num_logits, cosine_scale)
         self.cls_loss.init_classifier_(self.cls_score)
-        # (logits, labels) of extra samples for the classification loss only, set by the ROI
-        # heads for one step (BACL's hallucinated features); None otherwise
-        self.extra_classification = None
+        self.box_reg_loss_on = True
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        require_lt_config(cfg, "LTFastRCNNOutputLayers")
         ret = super().from_config(cfg, input_shape)
         head = cfg.MODEL.ROI_BOX_HEAD
         if head.get("USE_SIGMOID_CE", False) or head.get("USE_FED_LOSS", False):
@@ -107,9 +125,16 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["cosine_scale"] = cfg.MODEL.LT.COSINE_SCALE
         return ret
 
-    def losses(self, predictions, proposals):
+    def losses(self, predictions, proposals, extra_classification=None):
         """Classification loss from ``cls_loss`` (one or more ``loss_*`` entries) plus
-        detectron2's box regression loss, each scaled by ``loss_weight``."""
+        detectron2's box regression loss (unless ``box_reg_loss_on`` is False), each scaled by
+        ``loss_weight``.
+
+        Args:
+            extra_classification (tuple[Tensor, Tensor] or None): (logits, labels) of extra
+                samples for the classification loss only, appended after the RoIs (BACL's
+                hallucinated features, passed by :class:`~lt_d2.modeling.LTROIHeads`).
+        """
         scores, proposal_deltas = predictions
         gt_classes = (
             cat([p.gt_classes for p in proposals], dim=0)
@@ -117,6 +142,19 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             else torch.empty(0, dtype=torch.long, device=scores.device)
         )
         _log_classification_stats(self.cls_loss.probs(scores.detach()), gt_classes)
+        cls_scores, cls_gt = scores, gt_classes
+        if extra_classification is not None:
+            extra_logits, extra_labels = extra_classification
+            cls_scores = torch.cat([scores, extra_logits])
+            cls_gt = torch.cat([gt_classes, extra_labels])
+        cls_losses = self.cls_loss(cls_scores, cls_gt)
+        losses = dict(cls_losses) if isinstance(cls_losses, dict) else {"loss_cls": cls_losses}
+        if self.box_reg_loss_on:
+            losses["loss_box_reg"] = self._box_reg_loss(proposal_deltas, proposals, gt_classes)
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def _box_reg_loss(self, proposal_deltas, proposals, gt_classes):
+        """detectron2's box regression loss (proposals without a gt box regress onto themselves)."""
         if len(proposals):
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = cat(
@@ -125,22 +163,40 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
-        cls_scores, cls_gt = scores, gt_classes
-        if self.extra_classification is not None:
-            extra_logits, extra_labels = self.extra_classification
-            cls_scores = torch.cat([scores, extra_logits])
-            cls_gt = torch.cat([gt_classes, extra_labels])
-        cls_losses = self.cls_loss(cls_scores, cls_gt)
-        losses = dict(cls_losses) if isinstance(cls_losses, dict) else {"loss_cls": cls_losses}
-        losses["loss_box_reg"] = self.box_reg_loss(
-            proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
-        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        return self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
 
-    def predict_probs(self, predictions, proposals):
+    def predict_probs(self, predictions: Tuple[torch.Tensor, torch.Tensor],
+                      proposals: List[Instances]):
         """(R_i, K+1) scores per image, background last, as the loss defines them."""
-        scores, _ = predictions
-        num_inst_per_image = [len(p) for p in proposals]
+        scores = predictions[0]
+        # __len__, not len(): a traced graph keeps the sizes symbolic (len() makes them ints)
+        num_inst_per_image = [p.__len__() for p in proposals]
         return self.cls_loss.probs(scores).split(num_inst_per_image, dim=0)
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: refuse, with the reason, a loss whose scores
+        TorchScript cannot compile (tracing, ``detectron2.export.TracingAdapter``, may work)."""
+        try:
+            torch.jit.script(_ScoresOf(self.cls_loss))
+        except Exception as e:
+            raise RuntimeError(
+                f"lt_d2's box predictor cannot be scripted with {type(self.cls_loss).__name__}: "
+                f"TorchScript cannot compile its probs() ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0]}). Export by tracing (torch.jit.trace / "
+                "detectron2.export.TracingAdapter) instead, or script a model with "
+                "MODEL.LT.CLS_LOSS SoftmaxCE.") from e
+        return self
+
+
+class _ScoresOf(nn.Module):
+    """The scores of ``loss`` as a module's forward: what scripting the predictor compiles."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits):
+        return self.loss.probs(logits)
 
 
 def replace_box_predictor(cfg, stock_predictor, input_shape):

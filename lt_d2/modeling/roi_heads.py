@@ -4,15 +4,25 @@
 Select them with ``MODEL.ROI_HEADS.NAME: LTROIHeads`` (or ``LTCascadeROIHeads``). With every
 long-tail option off they are numerically identical to detectron2's ``StandardROIHeads`` /
 ``CascadeROIHeads``: same parameters and checkpoint keys, same losses and outputs.
+
+Decoupled stage two: ``mask_loss_on`` (here) and ``box_reg_loss_on`` (on each box predictor)
+are set False by :func:`lt_d2.engine.freeze.skip_frozen_losses` for heads whose losses reach no
+trainable parameter; training then neither runs nor logs them.
+
+Export: ``LTROIHeads`` scripts like detectron2's ``StandardROIHeads``
+(``detectron2.export.scripting_with_instances``) and traces; BACL's hallucinated samples reach
+the predictor as an explicit argument of ``losses()``, not as module state.
 """
+from typing import Dict, List, Optional, Tuple
+
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, ImageList, Instances
 
-from .box_predictor import replace_box_predictor
+from .box_predictor import replace_box_predictor, require_lt_config
 from .hallucination import HALLUCINATOR_REGISTRY, jitter_boxes
 
 
@@ -25,19 +35,30 @@ class LTROIHeads(StandardROIHeads):
     into per-class statistics, (2) draws classes by 1 - accuracy (the diagonal of the loss's
     confusion matrix) and samples features for them, and (3) passes those through the classifier
     into the classification loss, beside the RoIs. Only the classifier sees their gradient.
+
+    Attributes:
+        mask_loss_on (bool): False skips the mask head's training forward and loss (stage two
+            with a frozen mask head); inference still predicts masks.
     """
+
+    # constants to TorchScript, which then compiles only the branches of the heads that exist
+    # (detectron2.export annotates StandardROIHeads so; a subclass needs its own annotations)
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(self, *, box_hallucinator=None, **kwargs):
         super().__init__(**kwargs)
-        if box_hallucinator is not None:
-            if not hasattr(self.box_predictor.cls_loss, "per_class_accuracy"):
-                raise ValueError("MODEL.LT.HALLUCINATION needs a loss with a confusion matrix: "
-                                 "set MODEL.LT.CLS_LOSS FCBLoss.")
-            self.box_hallucinator = box_hallucinator
+        if box_hallucinator is not None and not hasattr(
+                self.box_predictor.cls_loss, "per_class_accuracy"):
+            raise ValueError("MODEL.LT.HALLUCINATION needs a loss with a confusion matrix: "
+                             "set MODEL.LT.CLS_LOSS FCBLoss.")
+        self.box_hallucinator = box_hallucinator
+        self.mask_loss_on = True
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        require_lt_config(cfg, "LTROIHeads")
         ret = super().from_config(cfg, input_shape)
         if cfg.MODEL.LT.HALLUCINATION.ENABLED:
             ret["box_hallucinator"] = HALLUCINATOR_REGISTRY.get(cfg.MODEL.LT.HALLUCINATION.NAME)(
@@ -53,14 +74,45 @@ class LTROIHeads(StandardROIHeads):
         )
         return ret
 
-    def forward(self, images, features, proposals, targets=None):
-        if self.training and hasattr(self, "box_hallucinator"):
-            logits, labels = self.hallucinated_logits(features, targets)
-            self.box_predictor.extra_classification = (logits, labels)
-        try:
-            return super().forward(images, features, proposals, targets)
-        finally:
-            self.box_predictor.extra_classification = None
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+        """``StandardROIHeads.forward``, plus the hallucinated samples and the skipped mask loss
+        in training. No ``super()``: TorchScript compiles this method."""
+        del images
+        if self.training:
+            assert targets, "'targets' argument is required during training"
+            extra = None
+            if self.box_hallucinator is not None:  # before sampling: the RNG order of BACL
+                extra = self.hallucinated_logits(features, targets)
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            losses = self._box_losses(features, proposals, extra)
+            if self.mask_loss_on:
+                losses.update(self._forward_mask(features, proposals))
+            losses.update(self._forward_keypoint(features, proposals))
+            return proposals, losses
+        pred_instances = self._forward_box(features, proposals)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
+
+    def _box_losses(self, features, proposals, extra_classification=None):
+        """The training branch of ``StandardROIHeads._forward_box``, with
+        ``extra_classification`` ((logits, labels) or None) passed to the predictor's losses."""
+        features = [features[f] for f in self.box_in_features]
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        predictions = self.box_predictor(self.box_head(box_features))
+        del box_features
+        losses = self.box_predictor.losses(predictions, proposals, extra_classification)
+        if self.train_on_pred_boxes:
+            with torch.no_grad():
+                pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                for proposals_per_image, pred_boxes_per_image in zip(proposals, pred_boxes):
+                    proposals_per_image.proposal_boxes = Boxes(pred_boxes_per_image)
+        return losses
 
     def hallucinated_logits(self, features, targets):
         """Update the hallucinator with jittered ground truth; return classifier logits and
@@ -92,6 +144,9 @@ class LTCascadeROIHeads(CascadeROIHeads):
         scale_feature_gradient (bool): True (detectron2): the gradient each stage sends into the
             pooled features is scaled by 1 / #stages; False: unscaled (mmdetection).
         Other arguments: those of ``CascadeROIHeads``.
+
+    Attributes:
+        mask_loss_on (bool): as in :class:`LTROIHeads`.
     """
 
     TEST_SCORES = ("mean_probs", "mean_logits")
@@ -111,9 +166,11 @@ class LTCascadeROIHeads(CascadeROIHeads):
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
         self.test_score = test_score
         self.scale_feature_gradient = scale_feature_gradient
+        self.mask_loss_on = True
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        require_lt_config(cfg, "LTCascadeROIHeads")
         if cfg.MODEL.LT.HALLUCINATION.ENABLED:
             raise ValueError("MODEL.LT.HALLUCINATION is implemented for LTROIHeads (Faster / Mask "
                              "R-CNN, as BACL), not for LTCascadeROIHeads.")
@@ -144,6 +201,11 @@ class LTCascadeROIHeads(CascadeROIHeads):
             return super()._forward_box(features, proposals)
         return self._inference_mean_logits(features, proposals)
 
+    def _forward_mask(self, features, instances):
+        if self.training and not self.mask_loss_on:
+            return {}
+        return super()._forward_mask(features, instances)
+
     def _run_stage(self, features, proposals, stage):
         if self.scale_feature_gradient:
             return super()._run_stage(features, proposals, stage)
@@ -167,7 +229,7 @@ class LTCascadeROIHeads(CascadeROIHeads):
             stage_logits.append(predictions[0])
         predictor = self.box_predictor[-1]
         logits = sum(stage_logits) / self.num_cascade_stages
-        scores = predictor.cls_loss.probs(logits).split([len(p) for p in proposals], dim=0)
+        scores = predictor.cls_loss.probs(logits).split([p.__len__() for p in proposals], dim=0)
         pred_instances, _ = fast_rcnn_inference(
             boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
             predictor.test_topk_per_image)

@@ -2,6 +2,7 @@
 """The interface every ROI classification loss of lt_d2 implements, and its registry."""
 import math
 
+import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -64,6 +65,13 @@ class LTClassificationLoss(nn.Module):
 
     def extra_repr(self):
         return f"num_classes={self.num_classes}"
+
+    def __init_subclass__(cls, **kwargs):
+        # The loss only trains: TorchScript export of a model (which compiles every submodule's
+        # forward) compiles probs() and leaves forward() as a stub that raises if called.
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            torch.jit.unused(cls.forward)
 
 
 def build_cls_loss(cfg, num_classes):
