@@ -7,14 +7,16 @@
 1. forward + backward of each loss at LVIS scale (1024 RoIs, 1203 classes, 25% foreground),
    median over ``--reps`` repetitions, and its ratio to SoftmaxCE measured in the same run;
 2. with ``--train-iters N`` (> 0), the median training-iteration time of the tiny synthetic
-   config with each loss (tools/train_net.py, no evaluation) and its ratio to the CE config.
+   detector with each loss at ``--classes`` classes (the synthetic images relabelled into a long
+   tail of that many classes, so the classifier, the loss and its state have LVIS size) and its
+   ratio to the CE config; BACL's stage two (FCBL + hallucination) against a CE stage two with the
+   same trainable parameters. Needs the synthetic set (datasets/prepare_synthetic_lt.py).
 """
 import argparse
 import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -69,16 +71,89 @@ def time_losses(losses, rois, num_classes, reps):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def train_iteration_time(config, iters, out_dir):
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
-           "OUTPUT_DIR", out_dir, "SOLVER.MAX_ITER", str(iters), "DATASETS.TEST", "()",
-           "SOLVER.CHECKPOINT_PERIOD", str(iters * 10)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        records = [json.loads(line) for line in f]
-    # the iteration timer's median over the last 20 iterations of each logged window, warm-up skipped
-    times = [r["time"] for r in records if "time" in r and r["iteration"] >= 39]
-    return statistics.median(times)
+def lvis_scale_dataset(num_classes, out_dir, seed=0):
+    """The synthetic training set relabelled into ``num_classes`` classes with a long tail (a
+    class drawn per annotation with LVIS-like weights), registered as a training dataset: the
+    images and boxes are the synthetic set's, the classifier, the loss and its state are at
+    LVIS size. Returns the registered name."""
+    from lt_d2.data.datasets import datasets_root, register_lt_dataset
+
+    src = os.path.join(datasets_root(), "lt_synthetic", "annotations", "lt_synthetic_train.json")
+    if not os.path.isfile(src):
+        sys.exit(f"{src} does not exist: run `python datasets/prepare_synthetic_lt.py` first.")
+    with open(src) as f:
+        data = json.load(f)
+    rng = np.random.default_rng(seed)
+    weights = np.exp(rng.uniform(0, np.log(20000), num_classes))
+    labels = rng.choice(num_classes, size=len(data["annotations"]), p=weights / weights.sum())
+    data["categories"] = [{"id": i + 1, "name": f"class_{i}"} for i in range(num_classes)]
+    for ann, label in zip(data["annotations"], labels):
+        ann["category_id"] = int(label) + 1
+    path = os.path.join(out_dir, f"lt_synthetic_train_{num_classes}.json")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    name = f"lt_bench_train_{num_classes}"
+    register_lt_dataset(name, path, os.path.join(datasets_root(), "lt_synthetic"))
+    return name
+
+
+def train_iteration_time(config, iters, out_dir, opts):
+    """Median seconds per training iteration (warm-up excluded) of ``config`` with ``opts``,
+    trained in this process; returns (seconds, path of the final checkpoint)."""
+    from detectron2.config import get_cfg
+    from detectron2.utils.events import EventStorage  # noqa: F401  (trainer.storage below)
+
+    from lt_d2.config import add_lt_config
+    from lt_d2.engine import LTTrainer
+
+    cfg = add_lt_config(get_cfg())
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["OUTPUT_DIR", out_dir, "SOLVER.MAX_ITER", str(iters), "DATASETS.TEST",
+                         "()", "SOLVER.CHECKPOINT_PERIOD", str(iters * 10), "TEST.EVAL_PERIOD",
+                         "0", *opts])
+    cfg.freeze()
+    torch.manual_seed(0)
+    trainer = LTTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    times = trainer.storage.history("time").values()
+    warmup = min(10, len(times) // 2)
+    return statistics.median(t for t, _ in times[warmup:]), os.path.join(out_dir, "model_final.pth")
+
+
+def train_table(iters, num_classes, out_dir):
+    """Training iterations at ``num_classes`` classes: every end-to-end loss against softmax CE,
+    and BACL's stage two (FCBL + hallucination) against CE with the same trainable parameters."""
+    from lt_d2.checkpoint import checkpoint_surgery, load_checkpoint, save_checkpoint
+
+    name = lvis_scale_dataset(num_classes, out_dir)
+    common = ["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes)]
+    configs = sorted(glob.glob(os.path.join(REPO, "configs/Synthetic-LT/faster_rcnn_tiny_*.yaml")))
+    ce = os.path.join(REPO, "configs/Synthetic-LT/faster_rcnn_tiny_ce.yaml")
+    configs.remove(ce)
+    rows = []
+    base, stage1 = train_iteration_time(ce, iters, os.path.join(out_dir, "ce"), common)
+    rows.append(("faster_rcnn_tiny_ce", base, 1.0))
+    print(f"{'config':40s} {'s/iter':>8s} {'x CE':>6s}\n{rows[0][0]:40s} {base:8.4f} {1.0:6.2f}",
+          flush=True)
+    for config in configs:
+        label = os.path.basename(config)[:-5]
+        t, _ = train_iteration_time(config, iters, os.path.join(out_dir, label), common)
+        rows.append((label, t, t / base))
+        print(f"{label:40s} {t:8.4f} {t / base:6.2f}", flush=True)
+    ckpt, _ = checkpoint_surgery(load_checkpoint(stage1), "reset")
+    weights = os.path.join(out_dir, "ce", "model_reset_reset.pth")
+    save_checkpoint(ckpt, weights, overwrite=True)
+    bacl = os.path.join(REPO, "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml")
+    stage2 = [*common, "MODEL.WEIGHTS", weights]
+    ce2, _ = train_iteration_time(bacl, iters, os.path.join(out_dir, "stage2_ce"), stage2 + [
+        "MODEL.LT.CLS_LOSS", "SoftmaxCE", "MODEL.LT.HALLUCINATION.ENABLED", "False"])
+    t, _ = train_iteration_time(bacl, iters, os.path.join(out_dir, "stage2_bacl"), stage2)
+    print(f"{'stage two, CE (BACL trainable set)':40s} {ce2:8.4f} {1.0:6.2f}")
+    print(f"{'stage two, FCBL + hallucination':40s} {t:8.4f} {t / ce2:6.2f}", flush=True)
+    rows += [("stage2_ce", ce2, 1.0), ("stage2_bacl", t, t / ce2)]
+    return rows
 
 
 def main(argv=None):
@@ -100,18 +175,9 @@ def main(argv=None):
         print(f"{name:28s} {times[name] * 1e3:8.2f} {times[name] / times['SoftmaxCE']:6.2f}")
 
     if args.train_iters > 0:
-        print(f"\ntraining iteration of the tiny synthetic config ({args.train_iters} iterations):")
-        configs = sorted(glob.glob(os.path.join(REPO, "configs/Synthetic-LT/faster_rcnn_tiny_*.yaml")))
-        ce = os.path.join(REPO, "configs/Synthetic-LT/faster_rcnn_tiny_ce.yaml")
-        base = train_iteration_time(ce, args.train_iters, os.path.join(args.output_dir, "ce"))
-        print(f"{'config':32s} {'s/iter':>8s} {'x CE':>6s}")
-        print(f"{'faster_rcnn_tiny_ce':32s} {base:8.4f} {1.0:6.2f}")
-        for config in configs:
-            if config == ce:
-                continue
-            name = os.path.basename(config)[:-5]
-            t = train_iteration_time(config, args.train_iters, os.path.join(args.output_dir, name))
-            print(f"{name:32s} {t:8.4f} {t / base:6.2f}", flush=True)
+        print(f"\ntraining iteration of the tiny synthetic detector at {args.classes} classes "
+              f"(median of {args.train_iters} iterations, warm-up excluded):")
+        train_table(args.train_iters, args.classes, args.output_dir)
     return 0
 
 
