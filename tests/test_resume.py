@@ -61,12 +61,15 @@ def test_stream_resumes_exactly_after_any_number_of_batches(sampler, grouping):
     if grouping:  # batches hold one orientation, and both occur
         orient = [{d["width"] > d["height"] for d in b} for b in full]
         assert all(len(o) == 1 for o in orient) and {True, False} == set().union(*orient)
+    waiting = 0
     for k in (1, 7, 19):
         loader = ResumableTrainLoader(DICTS, _sampler(sampler), _mapper, 3,
                                       aspect_ratio_grouping=grouping)
         state = loader.state_dict()
         loader.resume(k, state)
+        waiting += len(loader._pending)
         assert _batches(loader, 30 - k) == full[k:], (sampler, k)
+    assert (waiting > 0) == grouping  # images waiting in a group were mapped again, identically
     # the stream is the sampler's order: the same index stream as detectron2's own loader
     d2 = build_batch_data_loader(_Dataset(), _sampler(sampler), 3, aspect_ratio_grouping=grouping)
     assert [[d["image_id"] for d in b] for b in _batches(d2, 30)] == ids
@@ -203,6 +206,7 @@ STAGE_TWO = "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yam
 def test_kill_and_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, config, extra,
                                                        kill_after, state_keys):
     args = ["--config-file", config, "DATASETS.TEST", "()", *tiny_opts(), "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.BASE_LR", "0.005",
             *extra]
     if config == STAGE_TWO:
         _stage_two_weights(tmp_path / "stage_one.pth")

@@ -18,6 +18,14 @@ be saved and the same holds on every rank and with any number of data-loader wor
 
 Checkpoint files are written by :class:`AtomicCheckpointer`: temporary file, fsync, rename, then
 ``last_checkpoint`` the same way, so a crash never leaves ``last_checkpoint`` naming a partial file.
+
+What holds: on the CPU the resumed run is bit-identical (tests/test_resume.py), with any
+``DATALOADER.NUM_WORKERS`` (the stream does not depend on it) and on every rank, provided the
+resumed run has the same number of processes, batch size and aspect-ratio grouping (else a
+warning: the stream continues at the same batch count with other images) and mappers draw only
+from python ``random``, numpy's global RNG and torch's default generator (detectron2's and
+lt_d2's do). On GPUs, kernels that are not deterministic (atomic adds in RoIAlign's backward...)
+make even two uninterrupted runs differ; the resumed run is then the same run up to that noise.
 """
 import glob
 import json
