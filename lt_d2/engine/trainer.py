@@ -5,18 +5,21 @@ import os
 
 import torch
 from detectron2.data import (
+    DatasetMapper,
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
 
 from ..config import is_multilabel, model_num_classes
 from ..data import build_training_sampler, check_dataset_files
 from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
+from ..data.stream import ResumableTrainLoader
 from ..evaluation import build_lt_evaluator
+from . import resume as exact_resume
 from .amp import use_cpu_amp
 from .freeze import check_weights_fit, freeze_all_but, skip_frozen_losses
 from .metrics_json import make_strict, strict_json_line
@@ -98,14 +101,22 @@ class LTTrainer(DefaultTrainer):
     * maps training images with large-scale jitter / copy-paste when ``INPUT.LT`` asks for it;
     * checks datasets, device and ``NUM_CLASSES`` before it spends time training;
     * in decoupled stage two (``MODEL.LT.TRAINABLE``), freezes everything else, skips the
-      losses of the frozen heads and checks that ``MODEL.WEIGHTS`` holds every frozen tensor.
+      losses of the frozen heads and checks that ``MODEL.WEIGHTS`` holds every frozen tensor;
+    * resumes exactly (``--resume``): optimizer, data stream, RNGs and logs continue as if
+      training had not stopped, and checkpoints are written atomically (see
+      :mod:`lt_d2.engine.resume`).
     """
 
     def __init__(self, cfg):
         check_config(cfg)
+        self._lt_resume_state = None
         super().__init__(cfg)
         # detectron2's AMPTrainer is CUDA-only: on the CPU, SOLVER.AMP.ENABLED means bfloat16
         self._trainer = use_cpu_amp(self._trainer, cfg.MODEL.DEVICE)
+        seed = getattr(self._trainer.data_loader, "seed", None)
+        if seed is None:
+            seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        self.rng_seed = int(seed)  # the model's RNGs are reseeded from it every iteration
 
     def build_writers(self):
         """detectron2's writers, with ``metrics.json`` written as strict JSON (NaN -> null)."""
@@ -116,6 +127,29 @@ class LTTrainer(DefaultTrainer):
             if isinstance(writer, JSONWriter):
                 make_strict(writer)
         return writers
+
+    def build_hooks(self):
+        # runs in DefaultTrainer.__init__ right after it made the checkpointer: swap it for the
+        # atomic one before the checkpointing hook takes it
+        ckpt = self.checkpointer
+        self.checkpointer = exact_resume.AtomicCheckpointer(
+            ckpt.model, ckpt.save_dir, save_to_disk=ckpt.save_to_disk, **ckpt.checkpointables)
+        return super().build_hooks()
+
+    def state_dict(self):
+        return exact_resume.trainer_state(self, super().state_dict())
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        exact_resume.load_trainer_state(self, state_dict)
+
+    def before_train(self):
+        exact_resume.restore_logs(self)
+        super().before_train()
+
+    def before_step(self):
+        super().before_step()
+        exact_resume.seed_iteration(self.rng_seed, self.iter)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -146,7 +180,12 @@ class LTTrainer(DefaultTrainer):
                                  "is empty: point it at the stage-one checkpoint after surgery.")
             model = self.model.module if hasattr(self.model, "module") else self.model
             check_weights_fit(model, self.cfg.MODEL.WEIGHTS)
-        return super().resume_or_load(resume=resume)
+        if has_checkpoint:
+            self.checkpointer.remove_partial_files()
+        self._lt_resume_state = None
+        super().resume_or_load(resume=resume)
+        if has_checkpoint:
+            exact_resume.apply_resume(self)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -168,8 +207,15 @@ class LTTrainer(DefaultTrainer):
             mapper = CopyPasteDatasetMapper(cfg, dataset_dicts)
         if is_multilabel(cfg):
             mapper = MultiLabelDatasetMapper(cfg, is_train=True)
-        return build_detection_train_loader(cfg, dataset=dataset_dicts, sampler=sampler,
-                                            mapper=mapper)
+        total, world = cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
+        if total % world:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of "
+                             f"processes ({world}).")
+        # detectron2's loader, made resumable (see lt_d2/data/stream.py)
+        return ResumableTrainLoader(
+            dataset_dicts, sampler, mapper or DatasetMapper(cfg, True), total // world,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
