@@ -185,7 +185,8 @@ def test_two_stage_pipeline_runs_resumes_and_reports(tiny_root, tmp_path):
         assert f"WEIGHTS: {stage1 / 'model_reset_remove.pth'}" in f.read()
     with open(out / "results" / "synthetic_crt_tiny.json") as f:
         report = json.load(f)
-    assert set(report["measured"]) == {"bbox/AP"} and report["overrides"] == opts
+    assert set(report["measured"]) == {"bbox/AP", "bbox/APr", "bbox/APc", "bbox/APf"}
+    assert report["overrides"] == opts
     assert f"{report['measured']['bbox/AP']:.2f}" in proc.stdout
     assert "published" in proc.stdout and "measured" in proc.stdout
 
