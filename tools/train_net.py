@@ -33,7 +33,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        check_config(cfg)
+        check_config(cfg, training=False)
         model = LTTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

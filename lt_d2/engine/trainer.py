@@ -38,14 +38,16 @@ def check_num_classes(cfg, dataset_name):
         )
 
 
-def check_config(cfg):
-    """Fail early, with the fix, on settings that would only fail deep inside training."""
+def check_config(cfg, training=True):
+    """Fail early, with the fix, on settings that would only fail deep inside training.
+    ``training=False`` (``--eval-only``): the training sets need not exist, as the model reads
+    everything it needs at inference from its checkpoint."""
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA device is available. "
             "Add `MODEL.DEVICE cpu` to the command line to run on the CPU."
         )
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    for name in (list(cfg.DATASETS.TRAIN) if training else []) + list(cfg.DATASETS.TEST):
         check_dataset_files(name)
         multilabel_data = MetadataCatalog.get(name).get("evaluator_type", None) == "multilabel"
         if multilabel_data != is_multilabel(cfg):

@@ -63,10 +63,10 @@ class ACSLLoss(LTClassificationLoss):
         self.register_buffer("group_masks", groups, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, frequency="frequency"),
+            **train_stat_args(cfg, class_stats, frequency="frequency"),
             "score_thresh": cfg.MODEL.LT.ACSL.SCORE_THRESH,
         }
 

@@ -47,8 +47,10 @@ class LTClassificationLoss(nn.Module):
             return super().__call__(upcast(logits), *args, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
-        """Keyword arguments of ``__init__`` from a config; losses with hyper-parameters extend it."""
+    def from_config(cls, cfg, num_classes, class_stats=None):
+        """Keyword arguments of ``__init__`` from a config; losses with hyper-parameters extend it.
+        ``class_stats``: see :func:`build_cls_loss` (losses that use training statistics pass
+        it to :func:`train_stat_args`)."""
         return {"num_classes": num_classes}
 
     @property
@@ -74,22 +76,53 @@ class LTClassificationLoss(nn.Module):
             torch.jit.unused(cls.forward)
 
 
-def build_cls_loss(cfg, num_classes):
-    """The loss named by ``cfg.MODEL.LT.CLS_LOSS`` for ``num_classes`` foreground classes."""
+# Where the losses' training statistics come from when a caller passes none: a function
+# ``(cfg, consequence) -> ClassStats or None``. The data layer installs it (lt_d2/__init__.py),
+# so the statistics flow into the model and lt_d2.modeling never imports lt_d2.data.
+_train_stats_source = None
+
+
+def set_train_stats_source(source):
+    """Install ``source(cfg, consequence)``, the default provider of training statistics."""
+    global _train_stats_source
+    _train_stats_source = source
+
+
+def default_class_stats(cfg):
+    """A callable that returns the training statistics of ``cfg`` (or None) when called, and
+    only then: losses that need none never read the training annotations."""
+
+    def class_stats():
+        if _train_stats_source is None:
+            return None
+        return _train_stats_source(cfg, "training with this loss will fail.")
+
+    return class_stats
+
+
+def build_cls_loss(cfg, num_classes, class_stats=None):
+    """The loss named by ``cfg.MODEL.LT.CLS_LOSS`` for ``num_classes`` foreground classes.
+
+    ``class_stats``: the training class statistics (an object with the fields of
+    ``lt_d2.data.class_stats.ClassStats``), or a function returning them or None, called once
+    and only by losses that use them; by default those of ``cfg.DATASETS.TRAIN``.
+    """
     name = cfg.MODEL.LT.CLS_LOSS
     if name not in CLS_LOSS_REGISTRY:
         registered = ", ".join(sorted(k for k, _ in CLS_LOSS_REGISTRY))
         raise KeyError(f"Unknown MODEL.LT.CLS_LOSS={name!r}. Registered losses: {registered}.")
-    return CLS_LOSS_REGISTRY.get(name)(cfg, num_classes=num_classes)
+    return CLS_LOSS_REGISTRY.get(name)(cfg, num_classes=num_classes, class_stats=class_stats)
 
 
-def train_stat_args(cfg, **fields):
+def train_stat_args(cfg, class_stats=None, **fields):
     """Keyword arguments ``{arg: stats.<field>}`` from the training class statistics, each None
     when they are unavailable: evaluation does not need them, so a config whose training json
-    is absent still builds (and :func:`require` explains the failure if it trains)."""
-    from ...data.class_stats import train_class_stats
+    is absent still builds (and :func:`require` explains the failure if it trains).
 
-    stats = train_class_stats(cfg, "training with this loss will fail.")
+    ``class_stats``: as in :func:`build_cls_loss`; None: those of ``cfg.DATASETS.TRAIN``."""
+    if class_stats is None:
+        class_stats = default_class_stats(cfg)
+    stats = class_stats() if callable(class_stats) else class_stats
     return {arg: None if stats is None else getattr(stats, field) for arg, field in fields.items()}
 
 

@@ -174,11 +174,11 @@ class DistributionBalancedLoss(LTClassificationLoss):
         self.register_buffer("class_freq", freq, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.DB
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, class_freq="image_count", num_samples="num_images"),
+            **train_stat_args(cfg, class_stats, class_freq="image_count", num_samples="num_images"),
             "alpha": c.ALPHA, "beta": c.BETA, "mu": c.MU, "neg_scale": c.NEG_SCALE,
             "init_bias": c.INIT_BIAS, "gamma": c.FOCAL_GAMMA, "balance": c.BALANCE,
             "focal": c.FOCAL, "reweight": c.REWEIGHT, "cb_beta": c.CB_BETA, "cb_mode": c.CB_MODE,

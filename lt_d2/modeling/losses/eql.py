@@ -61,10 +61,10 @@ class EQLLoss(LTClassificationLoss):
         self.register_buffer("tail_mask", tail, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, image_count="image_count", num_images="num_images",
+            **train_stat_args(cfg, class_stats, image_count="image_count", num_images="num_images",
                               instance_count="instance_count"),
             "lambda_": cfg.MODEL.LT.EQL.LAMBDA,
             "frequency": cfg.MODEL.LT.EQL.FREQUENCY,

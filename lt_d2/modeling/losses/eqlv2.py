@@ -61,7 +61,7 @@ class EQLv2Loss(LTClassificationLoss):
         self.register_buffer("pos_neg", torch.full((num_classes,), 100.0))
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.EQLV2
         return {"num_classes": num_classes, "gamma": c.GAMMA, "mu": c.MU, "alpha": c.ALPHA}
 

@@ -86,7 +86,7 @@ class FCBLoss(LTClassificationLoss):
         self.register_buffer("num_gt", torch.zeros(num_classes))
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.FCBL
         return {"num_classes": num_classes, "alpha": c.ALPHA, "prob_thresh": c.PROB_THRESH,
                 "reweight": c.REWEIGHT}

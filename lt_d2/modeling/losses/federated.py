@@ -57,11 +57,11 @@ class FederatedLoss(LTClassificationLoss):
         self.register_buffer("class_weights", weights, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         head = cfg.MODEL.ROI_BOX_HEAD
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, image_count="image_count"),
+            **train_stat_args(cfg, class_stats, image_count="image_count"),
             "freq_weight_power": head.FED_LOSS_FREQ_WEIGHT_POWER,
             "num_fed_classes": head.FED_LOSS_NUM_CLASSES,
         }

@@ -98,6 +98,11 @@ class GroupSoftmaxLoss(LTClassificationLoss):
 
     ``forward(logits (R, K+1+G), gt_classes (R,)) -> scalar``. Scores: within-group softmax
     times P(foreground).
+
+    The layout (each class's group) is the persistent buffer ``class_group`` (K,), so a
+    checkpoint holds it and evaluation needs no training statistics. Built without them, the
+    loss assumes every group of ``bin_split`` non-empty (as on LVIS) to size the classifier, and
+    takes the layout from the checkpoint when it is loaded.
     """
 
     @configurable
@@ -107,30 +112,64 @@ class GroupSoftmaxLoss(LTClassificationLoss):
         self.bin_split, self.others_ratio = tuple(bin_split), others_ratio
         self.normalize_scores = normalize_scores
         self.layout = None
+        groups = torch.full((num_classes,), -1, dtype=torch.long)  # -1: not known yet
         if instance_count is not None:
-            self.layout = GroupLayout(class_groups(instance_count, self.bin_split))
+            groups = torch.tensor(class_groups(instance_count, self.bin_split), dtype=torch.long)
+            self.layout = GroupLayout(groups.tolist())
+            self._num_logits = self.layout.num_logits
+        else:
+            # K classes, one "others" column per foreground group, 2 background-group columns
+            self._num_logits = num_classes + len(self.bin_split) + 1 + 2
+        self.register_buffer("class_group", groups)
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.BAGS
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, instance_count="instance_count"),
+            **train_stat_args(cfg, class_stats, instance_count="instance_count"),
             "bin_split": c.BIN_SPLIT, "others_ratio": c.OTHERS_RATIO,
             "normalize_scores": c.NORMALIZE_SCORES,
         }
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "class_group"
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if key not in state_dict:
+            # a checkpoint from before the layout was stored (or of another loss, as a BAGS
+            # stage-two init): keep the layout of the training statistics
+            if self.layout is not None and key in missing_keys:
+                missing_keys.remove(key)
+            return
+        groups = self.class_group.tolist()
+        if min(groups, default=0) < 0:
+            return  # saved by a model built without statistics, never filled
+        layout = GroupLayout(groups)
+        if layout.num_logits != self._num_logits:
+            error_msgs.append(
+                f"The BAGS layout in the checkpoint needs {layout.num_logits} logits, but the "
+                f"classifier was built with {self._num_logits}: some group of "
+                f"MODEL.LT.BAGS.BIN_SPLIT={list(self.bin_split)} is empty in its training set. "
+                "Build the model with the training annotations (DATASETS.TRAIN) available."
+            )
+            return
+        self.layout = layout
+
+    def _layout(self):
+        return require(self.layout, "per-class instance counts (or a checkpoint with the BAGS "
+                                    "layout, buffer 'class_group')")
+
     @property
     def num_logits(self):
-        return require(self.layout, "per-class instance counts").num_logits
+        return self._num_logits
 
     def forward(self, logits, gt_classes):
-        layout = require(self.layout, "per-class instance counts")
-        return group_softmax_loss(logits, gt_classes, layout, self.others_ratio)
+        return group_softmax_loss(logits, gt_classes, self._layout(), self.others_ratio)
 
     def probs(self, logits):
-        return group_softmax_probs(logits, require(self.layout, "per-class instance counts"),
-                                   self.normalize_scores)
+        return group_softmax_probs(logits, self._layout(), self.normalize_scores)
 
     def extra_repr(self):
         return f"num_classes={self.num_classes}, bin_split={self.bin_split}, " \

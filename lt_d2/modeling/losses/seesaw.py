@@ -76,7 +76,7 @@ class SeesawLoss(LTClassificationLoss):
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1))
 
     @classmethod
-    def from_config(cls, cfg, num_classes):
+    def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.SEESAW
         return {"num_classes": num_classes, "p": c.P, "q": c.Q, "eps": c.EPS}
 
