@@ -230,3 +230,36 @@ def test_kill_and_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, conf
     max_iter = int(extra[1])
     assert [r["iteration"] for r in _logged_losses(whole)] == [
         i for i in range(max_iter) if (i + 1) % 20 == 0 or i == max_iter - 1]
+
+
+def test_metrics_json_stays_strict_after_the_resume_truncates_it(tmp_path):
+    """Resuming rewrites metrics.json and reopens the writer's file: NaN metrics written after
+    that are still null (the strict JSON of LTTrainer's writers)."""
+    from types import SimpleNamespace
+
+    from detectron2.engine import hooks
+    from detectron2.utils.events import EventStorage, JSONWriter
+
+    from lt_d2.engine.metrics_json import make_strict
+    from lt_d2.engine.resume import _truncate_metrics
+
+    path = tmp_path / "metrics.json"
+    writer = make_strict(JSONWriter(str(path)))
+    with EventStorage(start_iter=0) as storage:
+        for it in range(4):
+            storage.iter = it
+            storage.put_scalar("loss", float(it), smoothing_hint=False)
+            writer.write()
+    _truncate_metrics(SimpleNamespace(_hooks=[hooks.PeriodicWriter([writer])]), [1])
+    with EventStorage(start_iter=2) as storage:  # the resumed run
+        storage.put_scalar("bbox/AP", float("nan"), smoothing_hint=False)
+        writer.write()
+    writer.close()
+    lines = path.read_text().splitlines()
+
+    def refuse(token):
+        raise ValueError(token)
+
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert records[-1]["bbox/AP"] is None

@@ -41,6 +41,7 @@ from detectron2.utils import comm
 
 from ..data.stream import derive_seed
 from ..file_io import atomic_write
+from .metrics_json import _StrictJSONLines, make_strict
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def _truncate_metrics(trainer, last_write):
         writer._last_write = last
         if isinstance(writer, JSONWriter) and os.path.isfile(getattr(writer._file_handle, "name", "")):
             path = writer._file_handle.name
+            strict = isinstance(writer._file_handle, _StrictJSONLines)
             writer._file_handle.close()
             with open(path) as f:
                 lines = f.readlines()
@@ -187,6 +189,8 @@ def _truncate_metrics(trainer, last_write):
                             len(lines) - len(kept), path)
                 atomic_write(path, lambda f: f.write("".join(kept).encode()))
             writer._file_handle = PathManager.open(path, "a")
+            if strict:  # the reopened file writes NaN metrics as null, as before the resume
+                make_strict(writer)
 
 
 def _logged_before(line, last):
