@@ -54,8 +54,8 @@ def markdown_table(results):
 def format_table(rows):
     lines = [f"{'metric':<22}{'published':>10}{'measured':>10}{'diff':>8}"]
     for metric, pub, got, diff in rows:
-        lines.append(f"{metric:<22}{pub:>10.2f}" + ("" if got is None else f"{got:>10.2f}{diff:>+8.2f}")
-                     + ("" if got is not None else f"{'-':>10}{'-':>8}"))
+        measured = f"{'-':>10}{'-':>8}" if got is None else f"{got:>10.2f}{diff:>+8.2f}"
+        lines.append(f"{metric:<22}{pub:>10.2f}{measured}")
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ class LongTailReport(DatasetEvaluator):
             logger.warning("No long-tail report: nothing was evaluated (no images were "
                            "processed, or the dataset has no ground truth).")
             return results
-        for task in sorted(set(results or {}) - set(precisions)):
+        for task in sorted(set(results) - set(precisions)):
             logger.warning("No long-tail report for %s: no per-class AP was computed (the model "
                            "made no detection, so every AP is undefined).", task)
         names = self._inner._metadata.get("thing_classes", None)

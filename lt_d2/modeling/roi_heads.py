@@ -229,7 +229,7 @@ class LTCascadeROIHeads(CascadeROIHeads):
             stage_logits.append(predictions[0])
         predictor = self.box_predictor[-1]
         logits = sum(stage_logits) / self.num_cascade_stages
-        scores = predictor.cls_loss.probs(logits).split([p.__len__() for p in proposals], dim=0)
+        scores = predictor.predict_probs((logits, predictions[1]), proposals)
         pred_instances, _ = fast_rcnn_inference(
             boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
             predictor.test_topk_per_image)
