@@ -12,7 +12,6 @@ import pytest
 from lt_d2.data.longtail_subset import (
     VOC_CLASSES,
     LongTailFormatError,
-    class_split,
     class_statistics,
     cooccurrence_order,
     create_longtail_dataset,
@@ -33,13 +32,6 @@ def test_pareto_targets_match_published_voc_and_coco_shape():
     assert pareto_targets(1, 50) == [50]
     with pytest.raises(ValueError):
         pareto_targets(5, 10, min_count=20)
-
-
-def test_class_split_boundaries():
-    split = class_split([100, 99, 20, 19, 0, 500])
-    assert split["head"].tolist() == [0, 5]
-    assert split["medium"].tolist() == [1, 2]
-    assert split["tail"].tolist() == [3, 4]
 
 
 def test_class_statistics_is_json_ready():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import lt_d2  # noqa: F401
+from lt_d2.grouping import lvis_frequency
 from lt_d2.modeling.losses import CLS_LOSS_REGISTRY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def lvis_like_stats(num_classes, seed=0):
     """Image counts with LVIS v1's shape: a long tail from ~1 to ~20k images."""
     rng = np.random.default_rng(seed)
     counts = np.round(np.exp(rng.uniform(0, np.log(20000), num_classes))).astype(np.int64)
-    freq = np.where(counts <= 10, "r", np.where(counts <= 100, "c", "f"))
+    freq = lvis_frequency(counts)
     return {"image_count": counts, "instance_count": counts * 3, "num_images": 100000,
             "frequency": freq}
 

@@ -18,16 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..grouping import check_lvis_frequency, lvis_frequency
+
 logger = logging.getLogger(__name__)
-
-FREQUENCY_GROUPS = ("r", "c", "f")
-
-
-def lvis_frequency_groups(image_count):
-    """LVIS's rule on training image counts: rare <= 10, common 11-100, frequent > 100."""
-    image_count = np.asarray(image_count)
-    return np.where(image_count <= 10, "r", np.where(image_count <= 100, "c", "f"))
-
 
 @dataclass(frozen=True)
 class ClassStats:
@@ -44,16 +37,14 @@ class ClassStats:
 
     def group(self, name):
         """Contiguous class ids of frequency group ``name`` ("r", "c" or "f")."""
-        if name not in FREQUENCY_GROUPS:
-            raise ValueError(f"Unknown frequency group {name!r}; use one of {FREQUENCY_GROUPS}.")
-        return np.nonzero(self.frequency == name)[0]
+        return np.nonzero(self.frequency == check_lvis_frequency(name))[0]
 
     def __add__(self, other):
         if self.num_classes != other.num_classes:
             raise ValueError("Cannot combine statistics of datasets with different classes.")
         image_count = self.image_count + other.image_count
         return ClassStats(image_count, self.instance_count + other.instance_count,
-                          lvis_frequency_groups(image_count), self.num_images + other.num_images)
+                          lvis_frequency(image_count), self.num_images + other.num_images)
 
 
 def class_stats_from_annotations(data, id_map):
@@ -73,7 +64,7 @@ def class_stats_from_annotations(data, id_map):
     else:
         instance_count = image_count = np.zeros(num_classes, np.int64)
         num_images = 0
-    frequency = lvis_frequency_groups(image_count)
+    frequency = lvis_frequency(image_count)
     for cat in data["categories"]:
         if "frequency" in cat:
             frequency[id_map[cat["id"]]] = cat["frequency"]
@@ -113,7 +104,7 @@ def _stats_from_metadata(meta):
         if inst_meta is not None else image_count.copy()
     )
     freq = meta.get("class_frequency", None)
-    frequency = np.array(freq) if freq is not None else lvis_frequency_groups(image_count)
+    frequency = np.array(freq) if freq is not None else lvis_frequency(image_count)
     return ClassStats(image_count, instance_count, frequency, num_images)
 
 

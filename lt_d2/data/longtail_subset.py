@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from ..file_io import check_output_path, write_json_atomic
+from ..grouping import SPLIT_HEAD_MIN_IMAGES, SPLIT_TAIL_BELOW_IMAGES, head_medium_tail
 
 logger = logging.getLogger("lt_d2.data.longtail_subset")  # same name when loaded by file path
 
@@ -168,21 +169,13 @@ def sample_longtail_subset(labels, targets, order, seed=0):
     return np.array(sorted(selected), dtype=np.int64)
 
 
-def class_split(image_count, head=100, tail=20):
-    """Class indices by image count: head >= ``head``, medium in [tail, head), tail < ``tail``."""
-    image_count = np.asarray(image_count)
-    return dict(head=np.nonzero(image_count >= head)[0],
-                medium=np.nonzero((image_count >= tail) & (image_count < head))[0],
-                tail=np.nonzero(image_count < tail)[0])
-
-
-def class_statistics(labels, class_names, head=100, tail=20):
+def class_statistics(labels, class_names, head=SPLIT_HEAD_MIN_IMAGES, tail=SPLIT_TAIL_BELOW_IMAGES):
     """JSON-ready per-class image counts and the head / medium / tail split of a label set."""
     labels = _binary(labels)
     if labels.shape[1] != len(class_names):
         raise ValueError(f"{labels.shape[1]} label columns but {len(class_names)} class names.")
     class_freq = labels.sum(axis=0)
-    split = class_split(class_freq, head, tail)
+    split = head_medium_tail(class_freq, head, tail)
     return dict(class_names=list(class_names), class_freq=class_freq.tolist(),
                 neg_class_freq=(len(labels) - class_freq).tolist(), num_images=len(labels),
                 split={k: v.tolist() for k, v in split.items()},

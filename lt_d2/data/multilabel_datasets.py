@@ -20,7 +20,8 @@ from functools import partial
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .class_stats import ClassStats, lvis_frequency_groups, set_class_stats
+from ..grouping import lvis_frequency
+from .class_stats import ClassStats, set_class_stats
 from .longtail_subset import read_multilabel_annotations
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def load_multilabel_dataset(ann_path, image_root, image_ids_file=None, dataset_n
         image_count = ann.labels[rows].sum(0).astype(np.int64)
         num_images = int((ann.labels[rows].sum(1) > 0).sum())
         set_class_stats(dataset_name, ClassStats(image_count, image_count.copy(),
-                                                 lvis_frequency_groups(image_count), num_images))
+                                                 lvis_frequency(image_count), num_images))
     return dicts
 
 
@@ -116,7 +117,7 @@ def class_stats_from_file(path):
     with open(path) as f:
         stats = json.load(f)
     image_count = np.asarray(stats["class_freq"], np.int64)
-    return ClassStats(image_count, image_count.copy(), lvis_frequency_groups(image_count),
+    return ClassStats(image_count, image_count.copy(), lvis_frequency(image_count),
                       int(stats["num_images"]))
 
 

@@ -28,12 +28,11 @@ import os
 import numpy as np
 
 from ..file_io import check_output_path, write_json_atomic
-from .class_stats import lvis_frequency_groups
+from ..grouping import count_quantiles, lvis_frequency
 from .datasets import register_lt_dataset
 
 logger = logging.getLogger(__name__)
 
-NUM_QUINTILES = 5
 BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf")
 LABEL_COLUMNS = ("ImageID", "LabelName", "Confidence")
 SIZE_COLUMNS = ("ImageID", "Width", "Height")
@@ -180,16 +179,6 @@ def image_size_from_file(image_root, image_id):
     return width, height
 
 
-def frequency_quintiles(counts):
-    """Group 1..5 per class: classes sorted by ``counts`` (ties by index), cut into 5 groups of
-    equal size (the first ones one larger when K is not a multiple of 5); 1 = rarest."""
-    order = np.argsort(np.asarray(counts), kind="stable")
-    groups = np.empty(len(order), np.int64)
-    for g, members in enumerate(np.array_split(order, NUM_QUINTILES), 1):
-        groups[members] = g
-    return groups
-
-
 def _descendants(ancestors):
     below = {label: set() for label in ancestors}
     for label, above in ancestors.items():
@@ -277,8 +266,8 @@ def convert_openimages(classes_csv, boxes_csv, *, image_labels_csv=None, hierarc
         stats = _stats_from_json(stats_from, labels)
     else:
         image_count = np.array([len(image_sets.get(label, ())) for label in labels])
-        quintile = frequency_quintiles(instance_count)
-        frequency = lvis_frequency_groups(image_count)
+        quintile = count_quantiles(instance_count)
+        frequency = lvis_frequency(image_count)
         stats = [{"image_count": int(image_count[k]), "instance_count": int(instance_count[k]),
                   "frequency": str(frequency[k]), "frequency_quintile": int(quintile[k])}
                  for k in range(len(labels))]

@@ -23,6 +23,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from ..grouping import lvis_frequency
+
 logger = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "arrow")
@@ -35,13 +37,6 @@ COLORS = {  # RGB
     "cyan": (40, 195, 205),
 }
 COMPLETE_MARKER = ".complete"
-
-
-def lvis_frequency(image_count):
-    """LVIS's frequency group of a class from its number of training images."""
-    if image_count <= 10:
-        return "r"
-    return "c" if image_count <= 100 else "f"
 
 
 def class_image_targets(num_classes, max_images, min_images):
@@ -197,7 +192,7 @@ def category_entries(num_classes, image_counts, instance_counts):
             "id": c + 1, "name": f"{color}_{shape}", "synset": f"{color}_{shape}.n.01",
             "synonyms": [f"{color}_{shape}"], "def": f"a {color} {shape}",
             "image_count": int(image_counts[c]), "instance_count": int(instance_counts[c]),
-            "frequency": lvis_frequency(int(image_counts[c])),
+            "frequency": str(lvis_frequency(int(image_counts[c]))),
         })
     return cats
 

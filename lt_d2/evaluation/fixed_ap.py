@@ -25,13 +25,13 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.class_stats import FREQUENCY_GROUPS
+from ..grouping import LVIS_FREQUENCIES
 from ..file_io import atomic_write
 from .longtail_report import group_aps, per_class_ap
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES = ("APfixed",) + tuple("APfixed_" + g for g in FREQUENCY_GROUPS)
+METRIC_NAMES = ("APfixed",) + tuple("APfixed_" + g for g in LVIS_FREQUENCIES)
 
 
 def _top_k_indices(scores, image_ids, positions, k):
@@ -206,7 +206,7 @@ def fixed_ap_metrics(per_class, frequency):
     """{"APfixed", "APfixed_r", "APfixed_c", "APfixed_f"} from per-class APs (NaN: no data)."""
     groups = group_aps(per_class, frequency)
     return {"APfixed": groups["AP"],
-            **{f"APfixed_{g}": groups["AP" + g] for g in FREQUENCY_GROUPS}}
+            **{f"APfixed_{g}": groups["AP" + g] for g in LVIS_FREQUENCIES}}
 
 
 def fixed_ap(lvis_gt, results, topk=10000, evaluate=None):

@@ -20,13 +20,10 @@ import os
 
 import numpy as np
 
-from ..data.class_stats import FREQUENCY_GROUPS
+from ..grouping import LVIS_FREQUENCIES, LVIS_FREQUENCY_NAMES, lvis_frequency_boundaries
 from ..file_io import atomic_write
 
-GROUP_LABELS = {"r": "rare", "c": "common", "f": "frequent"}
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
-# LVIS groups by training image count: rare <= 10 < common <= 100 < frequent
-GROUP_BOUNDARIES = (10.5, 100.5)
 
 
 def per_class_ap(precision):
@@ -59,7 +56,7 @@ def group_aps(per_class, frequency):
         return float(per_class[mask].mean()) if mask.any() else float("nan")
 
     result = {"AP": mean(np.ones(len(per_class), bool))}
-    for group in FREQUENCY_GROUPS:
+    for group in LVIS_FREQUENCIES:
         result["AP" + group] = mean(frequency == group)
     return result
 
@@ -100,13 +97,13 @@ def _plot(path, task, per_class, image_count, frequency, groups):
     evaluated = ~np.isnan(per_class)
     # a log axis cannot show 0 training images (a class seen only at test time); put them at 0.5
     x = np.maximum(image_count.astype(np.float64), 0.5)
-    for group in FREQUENCY_GROUPS:
+    for group in LVIS_FREQUENCIES:
         mask = evaluated & (frequency == group)
-        label = (f"{GROUP_LABELS[group]} ({int(mask.sum())} classes): "
+        label = (f"{LVIS_FREQUENCY_NAMES[group]} ({int(mask.sum())} classes): "
                  f"mean AP {groups['AP' + group]:.3g}")
         ax.scatter(x[mask], per_class[mask], s=10, alpha=0.7, color=GROUP_COLORS[group],
                    label=label, edgecolors="none")
-    for boundary in GROUP_BOUNDARIES:
+    for boundary in lvis_frequency_boundaries():
         ax.axvline(boundary, color="gray", linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class")
@@ -142,7 +139,7 @@ def write_longtail_report(output_dir, task, class_names, per_class_ap, image_cou
     _write_csv(os.path.join(output_dir, f"longtail_report_{task}.csv"), rows)
     evaluated = ~np.isnan(per_class)
     members = {"AP": np.ones(len(per_class), bool)}
-    members.update({"AP" + g: frequency == g for g in FREQUENCY_GROUPS})
+    members.update({"AP" + g: frequency == g for g in LVIS_FREQUENCIES})
     report = {
         "task": task,
         "groups": {

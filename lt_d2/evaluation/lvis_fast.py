@@ -30,9 +30,10 @@ import os
 
 import numpy as np
 
+from ..grouping import LVIS_FREQUENCIES
 from . import lvis_fast_masks
 from .lvis_fast_accumulate import accumulate, summarize
-from .lvis_fast_match import (AREA_RANGES, FREQUENCIES, box_candidate_pairs, greedy_match,
+from .lvis_fast_match import (AREA_RANGES, box_candidate_pairs, greedy_match,
                               mask_candidate_pairs)
 from .lvis_fast_polygons import ground_truth_masks
 from .lvis_fast_results import columnar_results, detections, result_dicts, to_rle
@@ -99,11 +100,11 @@ def _ground_truth(dataset, iou_type):
     image_ids, cat_ids = np.array(sorted(images), np.int64), np.array(sorted(cats), np.int64)
     num_cats = len(cat_ids)
     try:
-        freq_groups = [[] for _ in FREQUENCIES]
+        freq_groups = [[] for _ in LVIS_FREQUENCIES]
         for k, cat_id in enumerate(cat_ids.tolist()):
-            freq_groups[FREQUENCIES.index(cats[cat_id]["frequency"])].append(k)
+            freq_groups[LVIS_FREQUENCIES.index(cats[cat_id]["frequency"])].append(k)
     except (KeyError, ValueError) as e:
-        raise ValueError(f"every category needs a frequency in {FREQUENCIES}: {e!r}") from None
+        raise ValueError(f"every category needs a frequency in {LVIS_FREQUENCIES}: {e!r}") from None
 
     def keys(field):  # (image, category) pairs of a per-image category list, as group ids
         pairs = [(i, c) for i, img_id in enumerate(image_ids.tolist())

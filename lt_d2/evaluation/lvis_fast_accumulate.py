@@ -22,7 +22,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, FREQUENCIES, IOU_THRESHOLDS, MATCHED,
+from ..grouping import LVIS_FREQUENCIES
+from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, MATCHED,
                               MATCHED_ID0_IGNORED, MATCHED_IGNORED, RECALL_THRESHOLDS)
 
 _AREA_LO, _AREA_HI = np.array(AREA_RANGES, np.float64).T
@@ -136,7 +137,7 @@ def summarize(precision, recall, freq_groups):
         metrics[name] = mean(area_all[iou_thr == IOU_THRESHOLDS])
     for a, area in enumerate(AREA_LABELS[1:], 1):
         metrics["AP" + area[0]] = mean(precision[..., a])
-    for group, freq in zip(freq_groups, FREQUENCIES):
+    for group, freq in zip(freq_groups, LVIS_FREQUENCIES):
         metrics["AP" + freq] = mean(np.take(area_all, group, axis=2))
     for a, area in enumerate(AREA_LABELS):
         metrics["AR@300" if a == 0 else f"AR{area[0]}@300"] = mean(recall[:, :, a])

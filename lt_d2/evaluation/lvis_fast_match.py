@@ -17,7 +17,6 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 AREA_RANGES = [[0 ** 2, 1e5 ** 2], [0 ** 2, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]]
 AREA_LABELS = ["all", "small", "medium", "large"]
-FREQUENCIES = ["r", "c", "f"]  # LVIS category frequency groups: rare, common, frequent
 MIN_IOU = min(IOU_THRESHOLDS[0], 1 - 1e-10)
 
 # Matching states of a (detection, area range, threshold): lvis-api's dt_m != 0 is "matched to a

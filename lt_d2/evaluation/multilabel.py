@@ -18,14 +18,13 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
-from ..data.longtail_subset import class_split
+from ..grouping import SPLIT_HEAD_MIN_IMAGES, SPLIT_TAIL_BELOW_IMAGES, head_medium_tail
 from .distributed import gather_predictions
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MultiLabelEvaluator", "average_precision", "multilabel_scores"]
 
-GROUPS = ("head", "medium", "tail")
 
 
 def average_precision(scores, targets):
@@ -43,7 +42,8 @@ def average_precision(scores, targets):
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def multilabel_scores(scores, targets, class_image_count=None, head=100, tail=20):
+def multilabel_scores(scores, targets, class_image_count=None, head=SPLIT_HEAD_MIN_IMAGES,
+                      tail=SPLIT_TAIL_BELOW_IMAGES):
     """Per-class AP and the means: ``{"mAP": ..., "mAP_head": ..., ...}`` in percent.
 
     Args:
@@ -60,7 +60,7 @@ def multilabel_scores(scores, targets, class_image_count=None, head=100, tail=20
                    for k in range(scores.shape[1])]) * 100
     results = OrderedDict(mAP=_nanmean(ap))
     if class_image_count is not None:
-        for group, idx in class_split(class_image_count, head=head, tail=tail).items():
+        for group, idx in head_medium_tail(class_image_count, head=head, tail=tail).items():
             results[f"mAP_{group}"] = _nanmean(ap[np.asarray(idx, dtype=np.int64)])
     return results, ap
 
@@ -134,7 +134,7 @@ class MultiLabelEvaluator(DatasetEvaluator):
         if self._class_image_count is not None:
             counts = self._class_image_count
             sizes = {"mAP": len(counts), **{f"mAP_{group}": len(idx)
-                                            for group, idx in class_split(counts).items()}}
+                                            for group, idx in head_medium_tail(counts).items()}}
             rows = [r + [sizes[r[0]]] for r in rows]
         table = tabulate(rows, headers=["metric", "value", "classes"][:len(rows[0])],
                          tablefmt="pipe")

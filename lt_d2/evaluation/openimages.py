@@ -31,7 +31,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
-from ..data.openimages import frequency_quintiles
+from ..grouping import OPENIMAGES_NUM_QUANTILES, count_quantiles
 from .distributed import gather_predictions
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["OpenImagesEvaluator", "evaluate_openimages", "load_openimages_groundtruth",
            "tp_fp_single_class", "average_precision", "write_submission_csv"]
 
-NUM_GROUPS = 5
 
 
 def _intersection(a, b):
@@ -167,7 +166,7 @@ def evaluate_openimages(gt_images, predictions, num_classes, ancestors=None,
         for k in range(num_classes)])
 
 
-def class_groups(categories, gt_images=None):
+def class_quantiles(categories, gt_images=None):
     """Frequency quintile (1..5) per class: the json's ``frequency_quintile`` when every category
     has one, else computed from ``instance_count`` or the ground truth (with a warning: these
     are the evaluation split's counts, not the training set's)."""
@@ -175,11 +174,11 @@ def class_groups(categories, gt_images=None):
         return np.array([c["frequency_quintile"] for c in categories])
     logger.warning("No frequency_quintile in the categories; AP1..AP5 use this split's counts.")
     if all("instance_count" in c for c in categories):
-        return frequency_quintiles([c["instance_count"] for c in categories])
+        return count_quantiles([c["instance_count"] for c in categories])
     counts = np.zeros(len(categories), np.int64)
     for gt in (gt_images or {}).values():
         np.add.at(counts, gt["classes"], 1)
-    return frequency_quintiles(counts)
+    return count_quantiles(counts)
 
 
 def summarize(ap, groups):
@@ -191,7 +190,7 @@ def summarize(ap, groups):
         return float(values.mean() * 100) if len(values) else float("nan")
 
     results = OrderedDict(mAP=mean(ap))
-    for g in range(1, NUM_GROUPS + 1):
+    for g in range(1, OPENIMAGES_NUM_QUANTILES + 1):
         results[f"AP{g}"] = mean(ap[np.asarray(groups) == g])
     return results
 
@@ -277,9 +276,9 @@ class OpenImagesEvaluator(DatasetEvaluator):
             if len(self._train_instance_count) != len(categories):
                 raise ValueError(f"train_instance_count has {len(self._train_instance_count)} "
                                  f"classes, {self._json_file} {len(categories)}.")
-            groups = frequency_quintiles(self._train_instance_count)
+            groups = count_quantiles(self._train_instance_count)
         else:
-            groups = class_groups(categories, gt_images)
+            groups = class_quantiles(categories, gt_images)
         results = summarize(ap, groups)
         logger.info("Open Images AP@0.5 on %s (AP1 = rarest fifth of the classes):\n%s",
                     self._dataset_name, tabulate([list(results.values())],

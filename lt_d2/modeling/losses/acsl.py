@@ -3,6 +3,7 @@
 import torch
 from detectron2.config import configurable
 
+from ...grouping import LVIS_FREQUENCIES
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
 from .utils import one_hot, weighted_bce_mean
 
@@ -28,10 +29,10 @@ def acsl_weights(logits, gt_classes, group_masks, score_thresh):
         fg_weights = (logits[fg_rows].sigmoid() >= score_thresh).float()
         weights[fg_rows] = fg_weights.scatter_(1, gt_classes[fg_rows][:, None], 1.0)
         picked = logits.new_zeros(len(bg_rows), 3)  # which background rows each group gets
-        for g, group in enumerate(("r", "c", "f")):
+        for g, group in enumerate(LVIS_FREQUENCIES):
             count = int(len(bg_rows) * BACKGROUND_ROW_SHARE[group])
             picked[torch.randperm(len(bg_rows), device=logits.device)[:count], g] = 1
-        masks = torch.stack([group_masks[g] for g in ("r", "c", "f")]).float()
+        masks = torch.stack([group_masks[g] for g in LVIS_FREQUENCIES]).float()
         weights[bg_rows, :num_classes] = picked @ masks
         weights[bg_rows, num_classes] = 1
     return weights
@@ -59,7 +60,7 @@ class ACSLLoss(LTClassificationLoss):
         groups = None
         if frequency is not None:
             freq = list(frequency)
-            groups = torch.tensor([[f == g for f in freq] for g in ("r", "c", "f")])
+            groups = torch.tensor([[f == g for f in freq] for g in LVIS_FREQUENCIES])
         self.register_buffer("group_masks", groups, persistent=False)
 
     @classmethod
@@ -72,7 +73,7 @@ class ACSLLoss(LTClassificationLoss):
 
     def forward(self, logits, gt_classes):
         groups = require(self.group_masks, "frequency groups")
-        masks = dict(zip(("r", "c", "f"), groups))
+        masks = dict(zip(LVIS_FREQUENCIES, groups))
         weights = acsl_weights(logits, gt_classes, masks, self.score_thresh)
         return weighted_bce_mean(logits, one_hot(gt_classes, logits.shape[1]), weights)
 

@@ -1,18 +1,11 @@
 # Copyright (c) lt_d2 contributors.
 """Balanced group softmax (BAGS, Li et al., CVPR 2020), as in the EQLv2 authors' port."""
-import bisect
-
 import torch
 from detectron2.config import configurable
 from torch.nn import functional as F
 
+from ...grouping import BAGS_BIN_SPLIT, bags_bins
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss, require, train_stat_args
-
-
-def class_groups(instance_count, bin_split=(10, 100, 1000)):
-    """Group of each class by training instances: bisect_right(bin_split, count), i.e.
-    <10, 10-99, 100-999, >=1000 for the default split. Returns a list of (K,) group ids."""
-    return [bisect.bisect_right(bin_split, int(n)) for n in instance_count]
 
 
 class GroupLayout:
@@ -106,7 +99,7 @@ class GroupSoftmaxLoss(LTClassificationLoss):
     """
 
     @configurable
-    def __init__(self, *, num_classes, instance_count=None, bin_split=(10, 100, 1000),
+    def __init__(self, *, num_classes, instance_count=None, bin_split=BAGS_BIN_SPLIT,
                  others_ratio=8.0, normalize_scores=True):
         super().__init__(num_classes)
         self.bin_split, self.others_ratio = tuple(bin_split), others_ratio
@@ -114,7 +107,7 @@ class GroupSoftmaxLoss(LTClassificationLoss):
         self.layout = None
         groups = torch.full((num_classes,), -1, dtype=torch.long)  # -1: not known yet
         if instance_count is not None:
-            groups = torch.tensor(class_groups(instance_count, self.bin_split), dtype=torch.long)
+            groups = torch.tensor(bags_bins(instance_count, self.bin_split), dtype=torch.long)
             self.layout = GroupLayout(groups.tolist())
             self._num_logits = self.layout.num_logits
         else:
