@@ -1,5 +1,6 @@
 # lt_d2: `make demo` trains + scores the tiny detector on the synthetic long-tailed set;
-# `make test` runs the test suite. Both set up .venv first (idempotent: seconds once done).
+# `make test` runs the test suite; `make lint` the style checks (setup.cfg). All set up .venv
+# first (idempotent: seconds once done).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ DEMO_OUT ?= output/demo
 
 ML_DEMO_CONFIG ?= configs/Synthetic-MLT/db_focal_tiny_PFC.yaml
 
-.PHONY: setup demo demo-multilabel test bench clean
+.PHONY: setup demo demo-multilabel test lint bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +39,12 @@ demo-multilabel: $(STAMP) $(SYNTH_ML)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# style checks configured in setup.cfg; `$(PY) -m isort lt_d2 tools tests datasets setup.py` fixes imports
+LINT_PATHS := lt_d2 tools tests datasets setup.py
+lint: $(STAMP)
+	$(PY) -m flake8 $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
 
 bench: $(STAMP) $(SYNTH)
 	$(PY) tools/benchmark_demo.py --config-file $(DEMO_CONFIG) --output-dir output/bench
