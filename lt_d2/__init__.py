@@ -10,8 +10,8 @@ from .config import add_lt_config  # noqa: E402
 
 # Class statistics flow one way, data -> model: the losses read the training statistics through
 # this function (unless given others), and lt_d2.modeling never imports lt_d2.data.
-# (looked up at each call, so that patching lt_d2.data.class_stats.train_class_stats works)
+# (looked up at each call, so that patching lt_d2.data.dataset_stats.train_class_stats works)
 modeling.losses.base.set_train_stats_source(
-    lambda cfg, consequence: data.class_stats.train_class_stats(cfg, consequence))
+    lambda cfg, consequence: data.dataset_stats.train_class_stats(cfg, consequence))
 
 __version__ = "0.1.0"

@@ -231,7 +231,7 @@ def test_eql_frequency_from_config(monkeypatch):
 
     stats = ClassStats(image_count=IMAGE_COUNT.numpy(), instance_count=INSTANCE_COUNT.numpy(),
                        frequency=["f", "c", "r", "r"], num_images=1000)
-    monkeypatch.setattr("lt_d2.data.class_stats.train_class_stats", lambda cfg, why: stats)
+    monkeypatch.setattr("lt_d2.data.dataset_stats.train_class_stats", lambda cfg, why: stats)
     cfg = add_lt_config(get_cfg())
     cfg.MODEL.LT.CLS_LOSS = "EQLLoss"
     cfg.MODEL.LT.EQL.LAMBDA = 1652.0

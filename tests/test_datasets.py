@@ -7,7 +7,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 
 from lt_d2.data import get_class_stats, load_lt_json, register_lt_dataset
-from lt_d2.data.datasets import DatasetFormatError, check_dataset_files
+from lt_d2.data.catalog import DatasetFormatError, check_dataset_files
 
 
 def _paths(root, split):
@@ -102,3 +102,20 @@ def test_builtin_lvis_splits_use_lt_loader():
     assert len(meta.thing_classes) == 1203
     assert meta.json_file.endswith("lvis/lvis_v1_train.json")
     assert "lt_synthetic_train" in DatasetCatalog.list()
+
+
+def test_loaders_are_pure_and_statistics_never_load_the_dataset(tiny_root, tmp_path, monkeypatch):
+    json_file, image_root = _paths(tiny_root, "train")
+    name = _fresh_name("tiny_pure_loader")
+    register_lt_dataset(name, json_file, image_root)
+    registered = MetadataCatalog.get(name).as_dict()
+    load_lt_json(json_file, image_root, name)
+    assert MetadataCatalog.get(name).as_dict() == registered  # only the registered loader writes
+    monkeypatch.setattr(DatasetCatalog, "get", lambda n: pytest.fail(f"loaded {n}"))
+    assert get_class_stats(name).num_classes == 12
+    missing = _fresh_name("tiny_missing_json")
+    register_lt_dataset(missing, str(tmp_path / "absent.json"), image_root,
+                        layout_hint="Make it with make_it.py.")
+    with pytest.raises(FileNotFoundError,
+                       match=r"Dataset 'tiny_missing_json': json_file .*absent\.json.*make_it\.py"):
+        get_class_stats(missing)

@@ -41,7 +41,7 @@ def test_bags_bins():
 
 
 def test_every_layer_uses_the_one_definition():
-    from lt_d2.data import class_stats, multilabel_datasets, openimages, synthetic
+    from lt_d2.data import class_stats, multilabel_datasets, openimages_convert, synthetic
     from lt_d2.evaluation import fixed_ap, longtail_report, multilabel
     from lt_d2.evaluation import openimages as oi_eval
     from lt_d2.modeling.losses import group_softmax
@@ -49,7 +49,7 @@ def test_every_layer_uses_the_one_definition():
     assert class_stats.lvis_frequency is lvis_frequency
     assert multilabel_datasets.lvis_frequency is lvis_frequency
     assert synthetic.lvis_frequency is lvis_frequency
-    assert openimages.count_quantiles is count_quantiles is oi_eval.count_quantiles
+    assert openimages_convert.count_quantiles is count_quantiles is oi_eval.count_quantiles
     assert multilabel.head_medium_tail is head_medium_tail
     assert group_softmax.bags_bins is bags_bins
     assert fixed_ap.LVIS_FREQUENCIES is grouping.LVIS_FREQUENCIES

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 from lt_d2.data.longtail_subset import (
-    VOC_CLASSES,
-    LongTailFormatError,
     class_statistics,
     cooccurrence_order,
     create_longtail_dataset,
     pareto_targets,
-    read_multilabel_annotations,
     sample_longtail_subset,
+)
+from lt_d2.data.multilabel_annotations import (
+    VOC_CLASSES,
+    LongTailFormatError,
+    read_multilabel_annotations,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,9 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.structures import Boxes, Instances
 
 from lt_d2.data import load_lt_json
-from lt_d2.data.openimages import (OpenImagesFormatError, convert_openimages,
-                                   image_size_from_file, read_hierarchy, register_openimages,
-                                   write_dataset_json)
+from lt_d2.data.openimages import register_openimages
+from lt_d2.data.openimages_convert import convert_openimages, write_dataset_json
+from lt_d2.data.openimages_csv import OpenImagesFormatError, image_size_from_file, read_hierarchy
 from lt_d2.evaluation.openimages import (OpenImagesEvaluator, average_precision,
                                          evaluate_openimages, load_openimages_groundtruth,
                                          summarize, tp_fp_single_class)

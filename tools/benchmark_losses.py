@@ -77,7 +77,8 @@ def lvis_scale_dataset(num_classes, out_dir, seed=0):
     class drawn per annotation with LVIS-like weights), registered as a training dataset: the
     images and boxes are the synthetic set's, the classifier, the loss and its state are at
     LVIS size. Returns the registered name."""
-    from lt_d2.data.datasets import datasets_root, register_lt_dataset
+    from lt_d2.data.catalog import datasets_root
+    from lt_d2.data.datasets import register_lt_dataset
 
     src = os.path.join(datasets_root(), "lt_synthetic", "annotations", "lt_synthetic_train.json")
     if not os.path.isfile(src):

@@ -15,13 +15,15 @@
 Image sizes come from --image-sizes (ImageID,Width,Height); the ones it lacks are read from
 --image-root/<ImageID>.jpg. --expand-hierarchy adds a copy of every box for each parent class,
 as the official challenge evaluation does to the ground truth. The output is written atomically
-and an existing file is kept unless --overwrite is given. See lt_d2/data/openimages.py.
+and an existing file is kept unless --overwrite is given. See lt_d2/data/openimages_convert.py.
 """
 import argparse
 import logging
 import sys
 
-from lt_d2.data import openimages as oi
+from lt_d2.data.openimages_convert import convert_openimages, write_dataset_json
+from lt_d2.data.openimages_csv import OpenImagesFormatError
+from lt_d2.file_io import check_output_path
 
 
 def main(argv=None):
@@ -44,14 +46,14 @@ def main(argv=None):
               args.stats_from)
     try:
         # before the (long) conversion, so a refused output costs nothing
-        oi.check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
-        data = oi.convert_openimages(
+        check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
+        data = convert_openimages(
             args.classes, args.boxes, image_labels_csv=args.image_labels,
             hierarchy_json=args.hierarchy, image_sizes_csv=args.image_sizes,
             image_root=args.image_root, expand_hierarchy=args.expand_hierarchy,
             stats_from=args.stats_from)
-        oi.write_dataset_json(data, args.out, overwrite=args.overwrite, inputs=inputs)
-    except (oi.OpenImagesFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
+        write_dataset_json(data, args.out, overwrite=args.overwrite, inputs=inputs)
+    except (OpenImagesFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
         sys.exit(f"convert_openimages.py: error: {e}")
     print(f"wrote {args.out}: {len(data['images'])} images, {len(data['annotations'])} boxes, "
           f"{len(data['categories'])} classes")

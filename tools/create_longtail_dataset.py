@@ -20,6 +20,7 @@ import os
 import sys
 
 from lt_d2.data import longtail_subset as lts
+from lt_d2.data.multilabel_annotations import LongTailFormatError
 
 
 def main(argv=None):
@@ -39,7 +40,7 @@ def main(argv=None):
     try:
         stats = lts.create_longtail_dataset(args.ann, args.out, args.dataset, args.max_count,
                                             args.min_count, shape, args.seed, args.overwrite)
-    except (lts.LongTailFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (LongTailFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
         sys.exit(f"create_longtail_dataset.py: error: {e}")
     split = stats["split"]
     print(f"selected {stats['num_images']} of {stats['num_source_images']} images, "

@@ -1,5 +1,5 @@
 # Copyright (c) lt_d2 contributors.
-"""Per-class training statistics: the one place losses and samplers read them from.
+"""Per-class training statistics: what they are and how a dataset's metadata stores them.
 
 Stored in a dataset's metadata under these keys (``class_image_count`` uses detectron2 main's
 format, so its federated loss reads our statistics too):
@@ -9,18 +9,21 @@ format, so its federated loss reads our statistics too):
 * ``class_frequency``: list of "r" / "c" / "f" by contiguous class index;
 * ``class_stats_num_images``: number of training images with at least one annotation.
 
-When a dataset's metadata lacks them, :func:`get_class_stats` computes them from its json.
+The registered loaders (:mod:`lt_d2.data.datasets`, :mod:`lt_d2.data.multilabel_datasets`) put
+them there; :func:`lt_d2.data.dataset_stats.get_class_stats` reads them, or computes them from
+the dataset's files when the metadata lacks them.
 """
-import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 
 from ..grouping import check_lvis_frequency, lvis_frequency
+from .catalog import fill_metadata
 
-logger = logging.getLogger(__name__)
+__all__ = ["ClassStats", "class_stats_from_annotations", "class_stats_from_metadata",
+           "class_stats_metadata", "set_class_stats"]
+
 
 @dataclass(frozen=True)
 class ClassStats:
@@ -71,12 +74,11 @@ def class_stats_from_annotations(data, id_map):
     return ClassStats(image_count, instance_count, frequency, num_images)
 
 
-def set_class_stats(dataset_name, stats):
-    """Store ``stats`` in the metadata of ``dataset_name`` (only keys it does not have yet)."""
-    meta = MetadataCatalog.get(dataset_name)
-    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
+def class_stats_metadata(stats, id_map=None):
+    """``stats`` as the metadata keys above; ``id_map`` (dataset category id -> contiguous id)
+    names the classes, default ids 1..K."""
     dataset_ids = sorted(id_map, key=id_map.get) if id_map else range(1, stats.num_classes + 1)
-    values = {
+    return {
         "class_image_count": [
             {"id": int(i), "image_count": int(n)} for i, n in zip(dataset_ids, stats.image_count)
         ],
@@ -87,12 +89,16 @@ def set_class_stats(dataset_name, stats):
         "class_frequency": [str(f) for f in stats.frequency],
         "class_stats_num_images": int(stats.num_images),
     }
-    for key, value in values.items():
-        if meta.get(key, None) is None:
-            meta.set(**{key: value})
 
 
-def _stats_from_metadata(meta):
+def set_class_stats(dataset_name, stats):
+    """Store ``stats`` in the metadata of ``dataset_name`` (only keys it does not have yet)."""
+    id_map = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
+    fill_metadata(dataset_name, class_stats_metadata(stats, id_map))
+
+
+def class_stats_from_metadata(meta):
+    """The :class:`ClassStats` a dataset's metadata holds, or None if it has none."""
     image_meta = meta.get("class_image_count", None)
     num_images = meta.get("class_stats_num_images", None)
     if image_meta is None or num_images is None:
@@ -106,54 +112,3 @@ def _stats_from_metadata(meta):
     freq = meta.get("class_frequency", None)
     frequency = np.array(freq) if freq is not None else lvis_frequency(image_count)
     return ClassStats(image_count, instance_count, frequency, num_images)
-
-
-def _compute_class_stats(name, meta):
-    """Put the statistics of dataset ``name`` into its metadata: from its ``class_stats_file``
-    if it has one, else from its annotations."""
-    from .datasets import check_dataset_files, load_lt_json
-    from .multilabel_datasets import class_stats_from_file
-
-    stats_file = meta.get("class_stats_file", None)
-    if stats_file is not None and os.path.isfile(stats_file):
-        logger.info("Reading class statistics of '%s' from %s", name, stats_file)
-        set_class_stats(name, class_stats_from_file(stats_file))
-        return
-    check_dataset_files(name)
-    logger.info("Computing class statistics of '%s' from %s", name, meta.json_file)
-    if meta.get("evaluator_type", None) == "multilabel":
-        DatasetCatalog.get(name)  # its loader stores the statistics
-    else:
-        load_lt_json(meta.json_file, meta.get("image_root", ""), name)
-
-
-def get_class_stats(dataset_names):
-    """Class statistics of the union of training datasets ``dataset_names``.
-
-    Read from each dataset's metadata; computed from its ``json_file`` (and stored in the
-    metadata) when absent.
-    """
-    if isinstance(dataset_names, str):
-        dataset_names = [dataset_names]
-    total = None
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        stats = _stats_from_metadata(meta)
-        if stats is None:
-            _compute_class_stats(name, meta)
-            stats = _stats_from_metadata(meta)
-        total = stats if total is None else total + stats
-    return total
-
-
-def train_class_stats(cfg, consequence, errors=(FileNotFoundError,)):
-    """Class statistics of ``cfg.DATASETS.TRAIN``, or None when the config names no training
-    set or reading it raises one of ``errors`` (logged as a warning with ``consequence``, what
-    goes without them). Models and evaluators that only use them build without them."""
-    if not cfg.DATASETS.TRAIN:
-        return None
-    try:
-        return get_class_stats(list(cfg.DATASETS.TRAIN))
-    except errors as e:
-        logger.warning("Class statistics of DATASETS.TRAIN unavailable (%s); %s", e, consequence)
-        return None

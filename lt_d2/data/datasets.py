@@ -1,15 +1,12 @@
 # Copyright (c) lt_d2 contributors.
-"""Loading and registering LVIS- and COCO-format detection datasets.
+"""LVIS- and COCO-format detection datasets: the loader and :func:`register_lt_dataset`.
 
-:func:`register_lt_dataset` registers any LVIS- or COCO-format json. :func:`load_lt_json` reads
-the json once, checks it, converts it to Detectron2's dataset dicts (the same dicts as
-detectron2's ``load_lvis_json`` / ``load_coco_json`` give for boxes and polygons) and puts the
-class names, id mapping, evaluator type and class statistics (see :mod:`lt_d2.data.class_stats`)
-into the dataset's metadata.
-
-Built-in names (registered on import, paths under ``$DETECTRON2_DATASETS``, default
-``datasets``): detectron2's LVIS v0.5 / v1 splits, re-registered with this loader so that a
-missing file names the expected layout, and ``lt_synthetic_{train,val}``.
+:func:`load_lt_json` reads a json, checks it and converts it to Detectron2's dataset dicts (the
+same dicts as detectron2's ``load_lvis_json`` / ``load_coco_json`` give for boxes and polygons);
+:func:`lt_json_metadata` gives what the json says about the dataset (class names, id mapping,
+evaluator type, class statistics). Both are pure: only the loader that
+:func:`register_lt_dataset` puts in the DatasetCatalog writes the dataset's metadata.
+The built-in datasets are registered in :mod:`lt_d2.data.builtin`.
 """
 import json
 import logging
@@ -20,43 +17,13 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .class_stats import class_stats_from_annotations, set_class_stats
+from .catalog import DatasetFormatError, fill_metadata, require_file
+from .class_stats import class_stats_from_annotations, class_stats_metadata
 
 logger = logging.getLogger(__name__)
 
-LVIS_LAYOUT_HINT = (
-    "LVIS expects $DETECTRON2_DATASETS/lvis/lvis_v1_{train,val}.json (or lvis_v0.5_*.json) and the "
-    "COCO 2017 images in $DETECTRON2_DATASETS/coco/{train2017,val2017}/; see datasets/README.md."
-)
-SYNTHETIC_HINT = (
-    "Generate it with `python datasets/prepare_synthetic_lt.py` (or `make demo`); it is written "
-    "to $DETECTRON2_DATASETS/lt_synthetic/."
-)
-SYNTHETIC_SPLITS = {
-    "lt_synthetic_train": ("lt_synthetic/", "lt_synthetic/annotations/lt_synthetic_train.json"),
-    "lt_synthetic_val": ("lt_synthetic/", "lt_synthetic/annotations/lt_synthetic_val.json"),
-}
-
-
-def datasets_root():
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-
-
-class DatasetFormatError(ValueError):
-    """A dataset json that is not valid LVIS / COCO detection data."""
-
-
-def check_dataset_files(dataset_name):
-    """Raise FileNotFoundError with the fix if a registered dataset's files are missing."""
-    meta = MetadataCatalog.get(dataset_name)
-    for key in ("json_file", "image_root", "image_ids_file"):
-        path = meta.get(key, None)
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(
-                f"Dataset '{dataset_name}': {key} '{path}' does not exist. Datasets are looked up "
-                f"under $DETECTRON2_DATASETS (now '{datasets_root()}'). "
-                f"{meta.get('layout_hint', 'See datasets/README.md for the expected layout.')}"
-            )
+__all__ = ["is_lvis_format", "load_lt_json", "lt_json_dataset_dicts", "lt_json_metadata",
+           "read_lt_json", "register_lt_dataset"]
 
 
 def _validate(data, json_file):
@@ -71,6 +38,8 @@ def _validate(data, json_file):
     if not data["categories"]:
         raise DatasetFormatError(f"{json_file}: 'categories' is empty.")
     cat_ids = {c["id"] for c in data["categories"]}
+    if len(cat_ids) != len(data["categories"]):
+        raise DatasetFormatError(f"{json_file}: category ids are not unique.")
     img_ids = {img["id"] for img in data["images"]}
     bad_cat = [a for a in data["annotations"] if a["category_id"] not in cat_ids]
     if bad_cat:
@@ -83,7 +52,8 @@ def _validate(data, json_file):
     if bad_img:
         raise DatasetFormatError(
             f"{json_file}: {len(bad_img)} annotations refer to an image_id that is not in "
-            f"'images' (first: annotation {bad_img[0].get('id')}, image_id {bad_img[0]['image_id']})."
+            f"'images' (first: annotation {bad_img[0].get('id')}, "
+            f"image_id {bad_img[0]['image_id']})."
         )
     ann_ids = [a["id"] for a in data["annotations"] if "id" in a]
     if len(set(ann_ids)) != len(ann_ids):
@@ -125,35 +95,28 @@ def _convert_annotation(ann, id_map, lvis, json_file):
     return obj
 
 
-def load_lt_json(json_file, image_root, dataset_name=None):
-    """Load an LVIS- or COCO-format json as Detectron2 dataset dicts.
-
-    Args:
-        json_file (str): annotation file.
-        image_root (str): folder the image paths are relative to.
-        dataset_name (str or None): if given, its metadata receives ``thing_classes``,
-            ``thing_dataset_id_to_contiguous_id``, ``evaluator_type`` ("lvis" or "coco") and the
-            class statistics (``class_image_count`` etc.).
-
-    Returns:
-        list[dict]: one record per image, sorted by image id.
-    """
-    if not os.path.isfile(json_file):
-        hint = MetadataCatalog.get(dataset_name).get("layout_hint", "") if dataset_name else ""
-        raise FileNotFoundError(
-            f"Annotation file '{json_file}' does not exist (DETECTRON2_DATASETS='{datasets_root()}'"
-            f"). {hint}".strip()
-        )
+def read_lt_json(json_file, dataset_name=None):
+    """The checked contents of an LVIS- or COCO-format json. ``dataset_name`` (optional) is
+    named, with its layout hint, in the error raised when the file is missing."""
+    require_file(json_file, "json_file", dataset_name)
     with open(json_file) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{json_file} is not valid json: {e}") from e
     _validate(data, json_file)
-    lvis = is_lvis_format(data)
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    id_map = {c["id"]: i for i, c in enumerate(cats)}
+    return data
 
+
+def _id_map(data):
+    """category id -> contiguous id, in category id order."""
+    return {cat_id: i for i, cat_id in enumerate(sorted(c["id"] for c in data["categories"]))}
+
+
+def lt_json_dataset_dicts(data, image_root, json_file):
+    """Dataset dicts of the contents ``data`` of ``json_file``: one per image, by image id."""
+    lvis = is_lvis_format(data)
+    id_map = _id_map(data)
     anns_by_image = {}
     for ann in data["annotations"]:
         anns_by_image.setdefault(ann["image_id"], []).append(ann)
@@ -168,79 +131,60 @@ def load_lt_json(json_file, image_root, dataset_name=None):
         if lvis:
             record["not_exhaustive_category_ids"] = img.get("not_exhaustive_category_ids", [])
             record["neg_category_ids"] = img.get("neg_category_ids", [])
-        record["annotations"] = [
-            _convert_annotation(a, id_map, lvis, json_file) for a in anns_by_image.get(img["id"], [])
-        ]
+        record["annotations"] = [_convert_annotation(a, id_map, lvis, json_file)
+                                 for a in anns_by_image.get(img["id"], [])]
         dataset_dicts.append(record)
     logger.info("Loaded %d images (%s format) from %s", len(dataset_dicts),
                 "LVIS" if lvis else "COCO", json_file)
+    return dataset_dicts
 
-    if dataset_name is not None:
-        meta = MetadataCatalog.get(dataset_name)
-        names = [c["name"] for c in cats]
-        existing = meta.get("thing_classes", None)
-        if existing is not None and len(existing) != len(names):
-            raise DatasetFormatError(
-                f"Dataset '{dataset_name}' was registered with {len(existing)} classes but "
-                f"{json_file} has {len(names)}.")
-        if existing is None:
-            meta.thing_classes = names
-        if meta.get("thing_dataset_id_to_contiguous_id", None) is None:
-            meta.thing_dataset_id_to_contiguous_id = id_map
-        if meta.get("evaluator_type", None) is None:
-            meta.evaluator_type = "lvis" if lvis else "coco"
-        set_class_stats(dataset_name, class_stats_from_annotations(data, id_map))
+
+def lt_json_metadata(data):
+    """What the json contents ``data`` say about their dataset: ``thing_classes``,
+    ``thing_dataset_id_to_contiguous_id``, ``evaluator_type`` ("lvis" or "coco") and the class
+    statistics (the keys of :mod:`lt_d2.data.class_stats`)."""
+    id_map = _id_map(data)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    return {
+        "thing_classes": [names[i] for i in sorted(id_map, key=id_map.get)],
+        "thing_dataset_id_to_contiguous_id": id_map,
+        "evaluator_type": "lvis" if is_lvis_format(data) else "coco",
+        **class_stats_metadata(class_stats_from_annotations(data, id_map), id_map),
+    }
+
+
+def load_lt_json(json_file, image_root, dataset_name=None):
+    """Load an LVIS- or COCO-format json as Detectron2 dataset dicts.
+
+    Args:
+        json_file (str): annotation file.
+        image_root (str): folder the image paths are relative to.
+        dataset_name (str or None): named (with its layout hint) if ``json_file`` is missing.
+
+    Returns:
+        list[dict]: one record per image, sorted by image id.
+    """
+    return lt_json_dataset_dicts(read_lt_json(json_file, dataset_name), image_root, json_file)
+
+
+def _load_registered(dataset_name, json_file, image_root):
+    data = read_lt_json(json_file, dataset_name)
+    dataset_dicts = lt_json_dataset_dicts(data, image_root, json_file)
+    fill_metadata(dataset_name, lt_json_metadata(data), json_file)
     return dataset_dicts
 
 
 def register_lt_dataset(name, json_file, image_root, *, evaluator_type=None, layout_hint=None):
     """Register an LVIS- or COCO-format json under ``name`` (lazy: read on first use).
 
-    ``evaluator_type`` ("lvis" or "coco") is found from the json when it is first loaded if not
-    given. ``layout_hint`` is added to the error raised when the files are missing.
+    Loading it puts :func:`lt_json_metadata` into its metadata. ``evaluator_type`` ("lvis" or
+    "coco") is found from the json if not given. ``layout_hint`` is added to the error raised
+    when the files are missing.
     """
-    DatasetCatalog.register(name, partial(load_lt_json, json_file, image_root, name))
+    DatasetCatalog.register(name, partial(_load_registered, name, json_file, image_root))
     meta = {"json_file": json_file, "image_root": image_root}
     if evaluator_type is not None:
         meta["evaluator_type"] = evaluator_type
     if layout_hint is not None:
         meta["layout_hint"] = layout_hint
     MetadataCatalog.get(name).set(**meta)
-
-
-def _reregister_builtin_lvis():
-    """Give detectron2's built-in LVIS splits this loader (checks, class statistics)."""
-    for name in list(DatasetCatalog.list()):
-        if not name.startswith("lvis_"):
-            continue
-        meta = MetadataCatalog.get(name)
-        json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
-        if json_file is None or image_root is None:
-            continue
-        DatasetCatalog.remove(name)
-        DatasetCatalog.register(name, partial(load_lt_json, json_file, image_root, name))
-        if meta.get("layout_hint", None) is None:
-            meta.layout_hint = LVIS_LAYOUT_HINT
-
-
-OPENIMAGES_SPLITS = {
-    "openimages_challenge2019_train": ("openimages/train", "openimages/annotations/challenge2019_train.json"),
-    "openimages_challenge2019_val": ("openimages/validation", "openimages/annotations/challenge2019_val.json"),
-}
-
-
-def register_all_builtin(root=None):
-    from .multilabel_datasets import register_all_multilabel
-    from .openimages import register_openimages
-
-    root = datasets_root() if root is None else root
-    _reregister_builtin_lvis()
-    register_all_multilabel(root)
-    for name, (image_root, json_file) in OPENIMAGES_SPLITS.items():
-        if name not in DatasetCatalog.list():
-            register_openimages(name, os.path.join(root, json_file), os.path.join(root, image_root))
-    for name, (image_root, json_file) in SYNTHETIC_SPLITS.items():
-        if name in DatasetCatalog.list():
-            continue
-        register_lt_dataset(name, os.path.join(root, json_file), os.path.join(root, image_root),
-                            evaluator_type="lvis", layout_hint=SYNTHETIC_HINT)

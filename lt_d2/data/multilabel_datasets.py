@@ -1,5 +1,6 @@
 # Copyright (c) lt_d2 contributors.
-"""Multi-label classification datasets: COCO-MLT, VOC-MLT and the synthetic multi-label set.
+"""Multi-label classification datasets (COCO-MLT, VOC-MLT, the synthetic multi-label set): the
+loader and :func:`register_multilabel_dataset`.
 
 A multi-label dataset is an annotation source (a COCO-format json, or a VOC split file) plus,
 for long-tailed training sets, a list of the image ids to keep (``img_id.json`` written by
@@ -8,9 +9,9 @@ Its dicts hold ``file_name``, ``image_id``, ``height``, ``width`` and one
 ``{"category_id": contiguous id}`` per label in ``annotations``, so class statistics, samplers
 and detectron2's histogram work on them unchanged.
 
-Built-in names (under ``$DETECTRON2_DATASETS``): ``coco_mlt_train`` / ``coco_mlt_val``
-(COCO 2017), ``voc_mlt_train`` (VOC 2012 trainval) / ``voc_mlt_test`` (VOC 2007 test),
-``ml_synthetic_train`` / ``ml_synthetic_test``. See datasets/README.md for the layout.
+:func:`load_multilabel_dataset` and :func:`multilabel_metadata` are pure; only the loader that
+:func:`register_multilabel_dataset` puts in the DatasetCatalog writes the dataset's metadata.
+The built-in names are registered in :mod:`lt_d2.data.builtin`.
 """
 import json
 import logging
@@ -21,25 +22,14 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..grouping import lvis_frequency
-from .class_stats import ClassStats, set_class_stats
-from .longtail_subset import read_multilabel_annotations
+from .catalog import fill_metadata, require_file
+from .class_stats import ClassStats, class_stats_metadata
+from .multilabel_annotations import read_multilabel_annotations
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_multilabel_dataset", "read_image_id_list", "register_multilabel_dataset",
-           "class_stats_from_file"]
-
-ID_LIST_NAMES = ("img_id.json", "img_id.txt", "img_id.pkl")  # the last two: the DB project's
-MLT_HINT = (
-    "COCO-MLT expects $DETECTRON2_DATASETS/coco/{annotations/instances_{train,val}2017.json,"
-    "train2017,val2017} and coco/longtail2017/img_id.json; VOC-MLT expects "
-    "$DETECTRON2_DATASETS/VOC2012 (and VOC2007 for the test set) and VOC2012/longtail2012/"
-    "img_id.json. Make the id lists with tools/create_longtail_dataset.py; see datasets/README.md."
-)
-SYNTHETIC_ML_HINT = (
-    "Generate it with `python datasets/prepare_synthetic_lt.py --kind multilabel` (or `make "
-    "demo-multilabel`); it is written to $DETECTRON2_DATASETS/ml_synthetic/."
-)
+__all__ = ["class_stats_from_file", "load_multilabel_dataset", "multilabel_metadata",
+           "read_image_id_list", "register_multilabel_dataset"]
 
 
 def read_image_id_list(path):
@@ -69,20 +59,19 @@ def _select(ann, image_ids, id_list_path):
     return sorted({index[str(i)] for i in image_ids})
 
 
-def load_multilabel_dataset(ann_path, image_root, image_ids_file=None, dataset_name=None):
-    """Dataset dicts of a multi-label dataset (see the module docstring).
-
-    Args:
-        ann_path: COCO-format json, VOC root or VOC ``ImageSets/Main/<split>.txt``.
-        image_root: folder the annotation's file names are relative to.
-        image_ids_file: keep only these images (None: all).
-        dataset_name: if given, its metadata receives the class names, evaluator type
-            ("multilabel") and class statistics.
-    """
+def _read_selection(ann_path, image_ids_file, dataset_name=None):
+    """The annotations of ``ann_path`` and the rows of the images to keep."""
+    if dataset_name is not None:  # name the dataset and its layout hint if a file is missing
+        require_file(ann_path, "json_file", dataset_name)
+        if image_ids_file is not None:
+            require_file(image_ids_file, "image_ids_file", dataset_name)
     ann = read_multilabel_annotations(ann_path)
-    rows = list(range(len(ann.image_ids)))
-    if image_ids_file is not None:
-        rows = _select(ann, read_image_id_list(image_ids_file), image_ids_file)
+    if image_ids_file is None:
+        return ann, list(range(len(ann.image_ids)))
+    return ann, _select(ann, read_image_id_list(image_ids_file), image_ids_file)
+
+
+def _dataset_dicts(ann, rows, image_root):
     dicts = []
     for r in rows:
         dicts.append({
@@ -100,16 +89,34 @@ def load_multilabel_dataset(ann_path, image_root, image_ids_file=None, dataset_n
             "annotations (and the image-id list) name."
         )
     logger.info("Loaded %d multi-label images (%d classes) from %s", len(dicts),
-                len(ann.class_names), ann_path)
-    if dataset_name is not None:
-        meta = MetadataCatalog.get(dataset_name)
-        if meta.get("thing_classes", None) is None:
-            meta.thing_classes = list(ann.class_names)
-        image_count = ann.labels[rows].sum(0).astype(np.int64)
-        num_images = int((ann.labels[rows].sum(1) > 0).sum())
-        set_class_stats(dataset_name, ClassStats(image_count, image_count.copy(),
-                                                 lvis_frequency(image_count), num_images))
+                len(ann.class_names), ann.source)
     return dicts
+
+
+def _metadata(ann, rows):
+    labels = ann.labels[rows]
+    image_count = labels.sum(0).astype(np.int64)
+    num_images = int((labels.sum(1) > 0).sum())
+    stats = ClassStats(image_count, image_count.copy(), lvis_frequency(image_count), num_images)
+    return {"thing_classes": list(ann.class_names), **class_stats_metadata(stats)}
+
+
+def load_multilabel_dataset(ann_path, image_root, image_ids_file=None):
+    """Dataset dicts of a multi-label dataset (see the module docstring).
+
+    Args:
+        ann_path: COCO-format json, VOC root or VOC ``ImageSets/Main/<split>.txt``.
+        image_root: folder the annotation's file names are relative to.
+        image_ids_file: keep only these images (None: all).
+    """
+    return _dataset_dicts(*_read_selection(ann_path, image_ids_file), image_root)
+
+
+def multilabel_metadata(ann_path, image_ids_file=None, dataset_name=None):
+    """What the annotations say about the dataset: ``thing_classes`` and the class statistics
+    of the kept images (keys of :mod:`lt_d2.data.class_stats`). ``dataset_name`` (optional) is
+    named in the error raised when a file is missing."""
+    return _metadata(*_read_selection(ann_path, image_ids_file, dataset_name))
 
 
 def class_stats_from_file(path):
@@ -121,47 +128,26 @@ def class_stats_from_file(path):
                       int(stats["num_images"]))
 
 
+def _load_registered(dataset_name, ann_path, image_root, image_ids_file):
+    ann, rows = _read_selection(ann_path, image_ids_file, dataset_name)
+    dicts = _dataset_dicts(ann, rows, image_root)
+    fill_metadata(dataset_name, _metadata(ann, rows), ann_path)
+    return dicts
+
+
 def register_multilabel_dataset(name, ann_path, image_root, image_ids_file=None, *,
                                 class_stats_file=None, class_names=None, layout_hint=None):
     """Register a multi-label dataset under ``name`` (lazy: read on first use).
 
-    ``class_stats_file`` (optional) gives the training statistics without loading the images,
-    e.g. to evaluate with head / medium / tail splits where only the test images are present.
+    ``class_stats_file`` (optional) gives the training statistics without reading the
+    annotations or images, e.g. to evaluate with head / medium / tail splits where only the test
+    images are present.
     """
     DatasetCatalog.register(
-        name, partial(load_multilabel_dataset, ann_path, image_root, image_ids_file, name))
+        name, partial(_load_registered, name, ann_path, image_root, image_ids_file))
     meta = {"json_file": ann_path, "image_root": image_root, "evaluator_type": "multilabel"}
     for key, value in (("image_ids_file", image_ids_file), ("class_stats_file", class_stats_file),
                        ("thing_classes", class_names), ("layout_hint", layout_hint)):
         if value is not None:
             meta[key] = value
     MetadataCatalog.get(name).set(**meta)
-
-
-def _first_existing(folder, names):
-    paths = [os.path.join(folder, n) for n in names]
-    return next((p for p in paths if os.path.exists(p)), paths[0])
-
-
-def register_all_multilabel(root):
-    lt = {
-        "coco_mlt": os.path.join(root, "coco", "longtail2017"),
-        "voc_mlt": os.path.join(root, "VOC2012", "longtail2012"),
-        "ml_synthetic": os.path.join(root, "ml_synthetic", "longtail"),
-    }
-    splits = {
-        "coco_mlt_train": ("coco/annotations/instances_train2017.json", "coco/train2017", "coco_mlt"),
-        "coco_mlt_val": ("coco/annotations/instances_val2017.json", "coco/val2017", None),
-        "voc_mlt_train": ("VOC2012/ImageSets/Main/trainval.txt", "VOC2012", "voc_mlt"),
-        "voc_mlt_test": ("VOC2007/ImageSets/Main/test.txt", "VOC2007", None),
-        "ml_synthetic_train": ("ml_synthetic/annotations/pool.json", "ml_synthetic", "ml_synthetic"),
-        "ml_synthetic_test": ("ml_synthetic/annotations/test.json", "ml_synthetic", None),
-    }
-    for name, (ann, image_root, subset) in splits.items():
-        if name in DatasetCatalog.list():
-            continue
-        hint = SYNTHETIC_ML_HINT if name.startswith("ml_") else MLT_HINT
-        ids = _first_existing(lt[subset], ID_LIST_NAMES) if subset else None
-        stats = os.path.join(lt[subset], "class_stats.json") if subset else None
-        register_multilabel_dataset(name, os.path.join(root, ann), os.path.join(root, image_root),
-                                    ids, class_stats_file=stats, layout_hint=hint)

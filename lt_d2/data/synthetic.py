@@ -242,7 +242,7 @@ def generate_synthetic_lt(out_dir, *, seed=0, num_classes=48, max_images=400, mi
                                not_exhaustive_prob, min_size, max_size)
             for split, lists in splits.items()
         }
-        train_images, train_anns = built["train"]
+        train_anns = built["train"][1]
         image_counts = np.zeros(num_classes, np.int64)
         for lists in splits["train"]:
             image_counts[lists] += 1

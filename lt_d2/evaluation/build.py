@@ -6,7 +6,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
-from ..data.class_stats import train_class_stats
+from ..data.dataset_stats import train_class_stats
 
 logger = logging.getLogger(__name__)
 

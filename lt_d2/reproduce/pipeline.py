@@ -133,7 +133,7 @@ def check_inputs(actions, selected):
 
 def check_datasets(actions, opts=()):
     """Fail before any training if a dataset of a pending training step is missing."""
-    from ..data.datasets import check_dataset_files
+    from ..data.catalog import check_dataset_files
 
     for a in actions:
         if a.kind != "train" or a.done:
