@@ -21,11 +21,11 @@ def add_tiny_net_config(cfg):
 
 def add_lt_model_config(cfg):
     cfg.MODEL.LT = CN()
-    # ROI classification loss, a name in lt_d2.modeling.losses.CLS_LOSS_REGISTRY: SoftmaxCE
-    # (detectron2's), SigmoidCE, FederatedLoss, EQLLoss, EQLv2Loss, ACSLLoss, SeesawLoss,
-    # DistributionBalancedLoss, FCBLoss. The loss also decides the number of logits and how
+    # ROI classification loss, a name in lt_d2.modeling.losses.CLS_LOSS_REGISTRY: SoftmaxCELoss
+    # (detectron2's), SigmoidCELoss, FederatedLoss, EQLLoss, EQLv2Loss, ACSLLoss, SeesawLoss,
+    # DistributionBalancedLoss, FCBLLoss. The loss also decides the number of logits and how
     # they become scores at test time.
-    cfg.MODEL.LT.CLS_LOSS = "SoftmaxCE"
+    cfg.MODEL.LT.CLS_LOSS = "SoftmaxCELoss"
     # Classifier layer: "linear" (detectron2's) or "cosine" (scale * cos(x, w) + b, the
     # normalised linear layer of the Seesaw LVIS configs).
     cfg.MODEL.LT.CLASSIFIER = "linear"
@@ -122,7 +122,7 @@ def add_lt_model_config(cfg):
 
     cfg.MODEL.LT.HALLUCINATION = CN()
     # Add BACL's hallucinated features to the classification loss (LTROIHeads; the loss must keep
-    # a confusion matrix, i.e. FCBLoss). Off: the ROI heads own no hallucinator (same keys).
+    # a confusion matrix, i.e. FCBLLoss). Off: the ROI heads own no hallucinator (same keys).
     cfg.MODEL.LT.HALLUCINATION.ENABLED = False
     # Registry name of the hallucinator.
     cfg.MODEL.LT.HALLUCINATION.NAME = "FeatureHallucinator"

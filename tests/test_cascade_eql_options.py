@@ -144,7 +144,7 @@ def _eval_run(heads, images, features, proposal_gen):
     return out, logits
 
 
-@pytest.mark.parametrize("loss", ["SoftmaxCE", "SigmoidCE"])
+@pytest.mark.parametrize("loss", ["SoftmaxCELoss", "SigmoidCELoss"])
 def test_mean_logits_scores_are_the_loss_probs_of_the_mean_logits(monkeypatch, loss):
     cfg, images, features, shape, gts, proposal_gen = _cascade_setup(TEST_SCORE="mean_probs")
     cfg.MODEL.LT.CLS_LOSS = loss

@@ -80,7 +80,7 @@ def test_statistics_are_passed_in_and_read_only_when_a_loss_uses_them():
     assert eql.tail_mask.tolist() == [0.0, 0.0, 1.0, 1.0]  # image_count / 1000 < 0.01
     fed = build_cls_loss(_cfg("FederatedLoss"), 4, class_stats=stats)
     assert torch.allclose(fed.class_weights, torch.tensor([300.0, 40, 5, 1]) ** 0.5)
-    for name in ("SoftmaxCE", "EQLv2Loss", "SeesawLoss"):
+    for name in ("SoftmaxCELoss", "EQLv2Loss", "SeesawLoss"):
         build_cls_loss(_cfg(name), 4, class_stats=lazy)
     assert calls == [1]  # losses without statistics never ask for them
     bags = build_cls_loss(_cfg("GroupSoftmaxLoss"), 4, class_stats=lambda: None)

@@ -212,7 +212,7 @@ def test_module_multi_hot_targets_equal_the_function():
     torch.manual_seed(1)
     options = dict(reweight="CB", cb_mode="min_n", neg_scale=3.0, init_bias=0.1)
     freq = torch.tensor([5.0, 80.0, 1.0, 30.0])
-    loss_fn = DistributionBalancedLoss(num_classes=4, class_freq=freq, num_samples=200, **options)
+    loss_fn = DistributionBalancedLoss(num_classes=4, image_count=freq, num_images=200, **options)
     assert DistributionBalancedLoss.multi_label is True
     logits, multi_hot = torch.randn(6, 4), torch.rand(6, 4) > 0.5
     ref = distribution_balanced_loss(logits, multi_hot.float(), freq, 200, **options)

@@ -22,7 +22,7 @@ SCRIPT_FIELDS = {"objectness_logits": torch.Tensor, "proposal_boxes": Boxes,
                  "pred_masks": torch.Tensor, "pred_boxes": Boxes}
 
 
-def _predictor(loss="SoftmaxCE", num_classes=5):
+def _predictor(loss="SoftmaxCELoss", num_classes=5):
     cfg = add_lt_config(get_cfg())
     cfg.DATASETS.TRAIN = (STATS_DATASET,)
     cfg.MODEL.LT.CLS_LOSS = loss
@@ -76,7 +76,7 @@ def test_predict_boxes_traces_for_inputs_of_another_size():
             assert torch.allclose(out, Boxes_()(deltas, boxes)[0])
 
 
-def _heads_cfg(loss="SoftmaxCE"):
+def _heads_cfg(loss="SoftmaxCELoss"):
     cfg = add_lt_config(get_cfg())
     cfg.DATASETS.TRAIN = (STATS_DATASET,)
     cfg.MODEL.LT.CLS_LOSS = loss
@@ -133,7 +133,7 @@ def test_scripting_scores_with_every_loss_or_a_clear_refusal(loss):
     try:
         scripted = scripting_with_instances(heads, SCRIPT_FIELDS)
     except RuntimeError as e:
-        assert loss != "SoftmaxCE"
+        assert loss != "SoftmaxCELoss"
         assert f"cannot be scripted with {loss}" in str(e) and "tracing" in str(e)
         return
     logits = torch.randn(6, heads.box_predictor.cls_score.out_features)

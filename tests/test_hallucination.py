@@ -115,7 +115,7 @@ def test_roi_heads_feed_hallucinated_features_to_the_classifier_only():
     from .test_box_predictor import STATS_DATASET, _cfg, _proposals_and_targets, setup_module
 
     setup_module()
-    cfg = _cfg("FCBLoss", "faster")
+    cfg = _cfg("FCBLLoss", "faster")
     cfg.MODEL.LT.HALLUCINATION.ENABLED = True
     cfg.MODEL.LT.HALLUCINATION.NUM_PER_CLASS = 3
     assert cfg.DATASETS.TRAIN == (STATS_DATASET,)
@@ -155,10 +155,10 @@ def _build_heads(loss, arch):
 
 
 def test_hallucination_needs_a_confusion_matrix():
-    with pytest.raises(ValueError, match="FCBLoss"):
-        _build_heads("SigmoidCE", "faster")
+    with pytest.raises(ValueError, match="FCBLLoss"):
+        _build_heads("SigmoidCELoss", "faster")
 
 
 def test_cascade_refuses_hallucination():
     with pytest.raises(ValueError, match="not for LTCascadeROIHeads"):
-        _build_heads("FCBLoss", "cascade")
+        _build_heads("FCBLLoss", "cascade")

@@ -17,7 +17,7 @@ def build_loss(name, k):
         "FederatedLoss": dict(image_count=image_count, num_fed_classes=3),
         "EQLLoss": dict(image_count=image_count, num_images=1000, lambda_=0.01),
         "ACSLLoss": dict(frequency=["f", "c", "r", "r", "r", "c"][:k]),
-        "DistributionBalancedLoss": dict(class_freq=image_count, num_samples=1000),
+        "DistributionBalancedLoss": dict(image_count=image_count, num_images=1000),
         "GroupSoftmaxLoss": dict(instance_count=[900, 60, 9, 1, 3, 200][:k]),
     }
     return CLS_LOSS_REGISTRY.get(name)(num_classes=k, **stats.get(name, {}))
@@ -148,7 +148,7 @@ def _unseen_state_unchanged(name, before, after, labels, k):
     absent[labels] = False
     if name == "SeesawLoss":
         assert torch.equal(after["cum_samples"][absent], before["cum_samples"][absent])
-    if name == "FCBLoss":
+    if name == "FCBLLoss":
         assert torch.equal(after["cm_numerator"][absent[:k]], before["cm_numerator"][absent[:k]])
         assert torch.equal(after["num_gt"][absent[:k]], before["num_gt"][absent[:k]])
     if name == "EQLv2Loss":  # positives only from present classes

@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lt_d2.modeling.losses import EQLv2Loss, FCBLoss, SeesawLoss
+from lt_d2.modeling.losses import EQLv2Loss, FCBLLoss, SeesawLoss
 
 K = 5
-LOSSES = {"EQLv2Loss": EQLv2Loss, "SeesawLoss": SeesawLoss, "FCBLoss": FCBLoss}
+LOSSES = {"EQLv2Loss": EQLv2Loss, "SeesawLoss": SeesawLoss, "FCBLLoss": FCBLLoss}
 
 
 def _batches(num_logits, steps=3, rows=12):

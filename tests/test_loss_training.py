@@ -24,7 +24,7 @@ def _check(proc):
 def test_there_is_a_synthetic_config_per_loss():
     from lt_d2.modeling.losses import CLS_LOSS_REGISTRY
 
-    # SoftmaxCE is faster_rcnn_tiny_ce.yaml; GroupSoftmaxLoss (BAGS) is a stage-two method, in
+    # SoftmaxCELoss is faster_rcnn_tiny_ce.yaml; GroupSoftmaxLoss (BAGS) is a stage-two method, in
     # Synthetic-LT/decoupled/bags_faster_rcnn_tiny.yaml
     assert len(LOSS_CONFIGS) == len(list(CLS_LOSS_REGISTRY)) - 2
 

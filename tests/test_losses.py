@@ -11,12 +11,12 @@ from lt_d2.modeling.losses import (
     DistributionBalancedLoss,
     EQLLoss,
     EQLv2Loss,
-    FCBLoss,
+    FCBLLoss,
     FederatedLoss,
     GroupSoftmaxLoss,
     SeesawLoss,
-    SigmoidCE,
-    SoftmaxCE,
+    SigmoidCELoss,
+    SoftmaxCELoss,
     acsl_weights,
     distribution_balanced_loss,
     eql_loss,
@@ -33,16 +33,16 @@ FREQUENCY = ["f", "c", "r", "r"]
 
 def make_losses():
     return {
-        "SoftmaxCE": SoftmaxCE(num_classes=K),
-        "SigmoidCE": SigmoidCE(num_classes=K),
+        "SoftmaxCELoss": SoftmaxCELoss(num_classes=K),
+        "SigmoidCELoss": SigmoidCELoss(num_classes=K),
         "FederatedLoss": FederatedLoss(num_classes=K, image_count=IMAGE_COUNT, num_fed_classes=3),
         "EQLLoss": EQLLoss(num_classes=K, image_count=IMAGE_COUNT, num_images=1000, lambda_=0.01),
         "EQLv2Loss": EQLv2Loss(num_classes=K),
         "ACSLLoss": ACSLLoss(num_classes=K, frequency=FREQUENCY),
         "SeesawLoss": SeesawLoss(num_classes=K),
         "DistributionBalancedLoss": DistributionBalancedLoss(
-            num_classes=K, class_freq=IMAGE_COUNT, num_samples=1000),
-        "FCBLoss": FCBLoss(num_classes=K),
+            num_classes=K, image_count=IMAGE_COUNT, num_images=1000),
+        "FCBLLoss": FCBLLoss(num_classes=K),
         "GroupSoftmaxLoss": GroupSoftmaxLoss(num_classes=K, instance_count=[900, 60, 9, 1]),
     }
 
@@ -82,7 +82,7 @@ def test_scores_have_background_last_and_are_probabilities(name):
     probs = loss_fn.probs(logits)
     assert probs.shape == (7, K + 1)
     assert (probs >= 0).all() and (probs <= 1).all()
-    if name in ("SoftmaxCE", "SeesawLoss", "GroupSoftmaxLoss"):
+    if name in ("SoftmaxCELoss", "SeesawLoss", "GroupSoftmaxLoss"):
         assert torch.allclose(probs.sum(1), torch.ones(7))
 
 
@@ -90,14 +90,15 @@ def test_scores_have_background_last_and_are_probabilities(name):
 
 def test_softmax_ce_is_cross_entropy():
     logits, labels = torch.randn(5, K + 1), torch.tensor([0, 4, 2, 4, 1])
-    assert torch.equal(SoftmaxCE(num_classes=K)(logits, labels), F.cross_entropy(logits, labels))
+    ce = F.cross_entropy(logits, labels)
+    assert torch.equal(SoftmaxCELoss(num_classes=K)(logits, labels), ce)
 
 
 def test_sigmoid_ce_hand_computed():
     logits = torch.tensor([[0.5, -1.0, 2.0]])  # K=2: two classes + objectness
     loss = sigmoid_ce_loss(logits, torch.tensor([1]))
     assert loss.item() == pytest.approx(bce_sum(0.5, 0) + bce_sum(-1.0, 1) + bce_sum(2.0, 0), 1e-6)
-    probs = SigmoidCE(num_classes=2).probs(logits)
+    probs = SigmoidCELoss(num_classes=2).probs(logits)
     s = torch.sigmoid(logits[0])
     assert torch.allclose(probs[0], torch.stack([s[0] * (1 - s[2]), s[1] * (1 - s[2]), s[2]]))
 
@@ -160,7 +161,7 @@ def test_seesaw_factors_hand_computed():
     out = seesaw_loss(logits, torch.tensor([0]), cum, p=0.8, q=2.0)
     # mitigation (10/100)^0.8, compensation (3/1)^2 on the logit of class 1
     adjusted = torch.tensor([[0.0, math.log(3.0) + math.log(0.1 ** 0.8 * 9)]])
-    assert torch.allclose(out["loss_cls"], F.cross_entropy(adjusted, torch.tensor([0])))
+    assert torch.allclose(out, F.cross_entropy(adjusted, torch.tensor([0])))
 
 
 def test_seesaw_counts_before_the_loss():
@@ -245,7 +246,7 @@ def test_fcbl_margins_weights_and_confusion_update():
     expected = (bce_sum(0.0, 1) + bce_sum(0.0 + m01, 0) + bce_sum(-3.0, 0)
                 + bce_sum(1.0, 0) + bce_sum(-2.0, 0) + bce_sum(0.0, 1)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    loss_fn = FCBLoss(num_classes=2)
+    loss_fn = FCBLLoss(num_classes=2)
     loss_fn(logits, labels)
     assert loss_fn.num_gt.tolist() == [1, 0]
     assert torch.allclose(loss_fn.cm_numerator[0], torch.tensor([0.5, 0.5]))
@@ -258,7 +259,7 @@ def test_fcbl_margins_weights_and_confusion_update():
 @pytest.mark.parametrize("cls, buffers", [
     (EQLv2Loss, ("pos_grad", "neg_grad", "pos_neg")),
     (SeesawLoss, ("cum_samples",)),
-    (FCBLoss, ("cm_numerator", "num_gt")),
+    (FCBLLoss, ("cm_numerator", "num_gt")),
 ])
 def test_state_is_persistent_and_round_trips(cls, buffers):
     loss_fn = cls(num_classes=K)

@@ -229,7 +229,7 @@ def test_model_trains_on_multi_hot_targets_and_outputs_sigmoid_scores(ml_root):
 
 def test_model_refuses_a_single_label_loss_and_a_missing_feature():
     with pytest.raises(ValueError, match="does not take multi-label targets"):
-        build_model(_cfg(**{"MODEL.LT.CLS_LOSS": "SoftmaxCE", "DATASETS.TRAIN": ()}))
+        build_model(_cfg(**{"MODEL.LT.CLS_LOSS": "SoftmaxCELoss", "DATASETS.TRAIN": ()}))
     with pytest.raises(ValueError, match="IN_FEATURE='p5' is not an output"):
         build_model(_cfg(**{"MODEL.LT.MULTILABEL.IN_FEATURE": "p5", "DATASETS.TRAIN": ()}))
 

@@ -5,7 +5,7 @@
     python tools/benchmark_losses.py [--rois 1024 --classes 1203 --reps 20] [--train-iters 80]
 
 1. forward + backward of each loss at LVIS scale (1024 RoIs, 1203 classes, 25% foreground),
-   median over ``--reps`` repetitions, and its ratio to SoftmaxCE measured in the same run;
+   median over ``--reps`` repetitions, and its ratio to SoftmaxCELoss measured in the same run;
 2. with ``--train-iters N`` (> 0), the median training-iteration time of the tiny synthetic
    detector with each loss at ``--classes`` classes (the synthetic images relabelled into a long
    tail of that many classes, so the classifier, the loss and its state have LVIS size) and its
@@ -47,8 +47,8 @@ def build_loss(name, num_classes, stats):
                     "lambda_": 0.0011},
         "ACSLLoss": {"frequency": stats["frequency"]},
         "GroupSoftmaxLoss": {"instance_count": stats["instance_count"]},
-        "DistributionBalancedLoss": {"class_freq": stats["image_count"],
-                                     "num_samples": stats["num_images"]},
+        "DistributionBalancedLoss": {"image_count": stats["image_count"],
+                                     "num_images": stats["num_images"]},
     }.get(name, {})
     return cls(num_classes=num_classes, **extra)
 
@@ -150,7 +150,7 @@ def train_table(iters, num_classes, out_dir):
     bacl = os.path.join(REPO, "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml")
     stage2 = [*common, "MODEL.WEIGHTS", weights]
     ce2, _ = train_iteration_time(bacl, iters, os.path.join(out_dir, "stage2_ce"), stage2 + [
-        "MODEL.LT.CLS_LOSS", "SoftmaxCE", "MODEL.LT.HALLUCINATION.ENABLED", "False"])
+        "MODEL.LT.CLS_LOSS", "SoftmaxCELoss", "MODEL.LT.HALLUCINATION.ENABLED", "False"])
     t, _ = train_iteration_time(bacl, iters, os.path.join(out_dir, "stage2_bacl"), stage2)
     print(f"{'stage two, CE (BACL trainable set)':40s} {ce2:8.4f} {1.0:6.2f}")
     print(f"{'stage two, FCBL + hallucination':40s} {t:8.4f} {t / ce2:6.2f}", flush=True)
@@ -174,7 +174,7 @@ def main(argv=None):
     print(f"forward+backward, {args.rois} RoIs x {args.classes} classes, median of {args.reps}:")
     print(f"{'loss':28s} {'ms':>8s} {'x CE':>6s}")
     for name in names:
-        print(f"{name:28s} {times[name] * 1e3:8.2f} {times[name] / times['SoftmaxCE']:6.2f}")
+        print(f"{name:28s} {times[name] * 1e3:8.2f} {times[name] / times['SoftmaxCELoss']:6.2f}")
 
     if args.train_iters > 0:
         print(f"\ntraining iteration of the tiny synthetic detector at {args.classes} classes "

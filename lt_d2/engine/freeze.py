@@ -11,6 +11,9 @@ from detectron2.modeling.proposal_generator import RPN
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from ..modeling.box_predictor import LTFastRCNNOutputLayers
+from ..modeling.roi_heads import MaskLossSwitch
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,10 +110,11 @@ def skip_frozen_losses(model):
         cascade = isinstance(predictors, nn.ModuleList)
         heads = roi_heads.box_head if cascade else [roi_heads.box_head]
         for k, (head, predictor) in enumerate(zip(heads, predictors if cascade else [predictors])):
-            if hasattr(predictor, "box_reg_loss_on") and _all_frozen(head, predictor.bbox_pred):
+            lt_predictor = isinstance(predictor, LTFastRCNNOutputLayers)
+            if lt_predictor and _all_frozen(head, predictor.bbox_pred):
                 predictor.box_reg_loss_on = False
                 skipped.append(f"loss_box_reg_stage{k}" if cascade else "loss_box_reg")
-    if (getattr(roi_heads, "mask_on", False) and hasattr(roi_heads, "mask_loss_on")
+    if (isinstance(roi_heads, MaskLossSwitch) and roi_heads.mask_on
             and _all_frozen(roi_heads.mask_head)):
         roi_heads.mask_loss_on = False
         skipped.append("loss_mask")

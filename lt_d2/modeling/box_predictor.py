@@ -11,7 +11,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
 from detectron2.structures import Instances
 from torch import nn
 
-from .losses import SoftmaxCE, build_cls_loss
+from .losses import SoftmaxCELoss, build_cls_loss
 from .losses.utils import upcast
 
 
@@ -78,8 +78,8 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
     The loss (``cls_loss``, an :class:`~lt_d2.modeling.losses.LTClassificationLoss`) decides how
     many logits ``cls_score`` outputs, how the classifier bias starts, the classification loss
     and how logits become (R, K+1) scores at inference; the predictor never branches on which
-    loss it holds. With the default (``SoftmaxCE``, linear classifier) it computes exactly what
-    detectron2's predictor computes and has the same parameters.
+    loss it holds. With the default (``SoftmaxCELoss``, linear classifier) it computes exactly
+    what detectron2's predictor computes and has the same parameters.
 
     Args:
         cls_loss (LTClassificationLoss or None): None means softmax cross-entropy.
@@ -101,7 +101,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
     def __init__(self, input_shape, *, cls_loss=None, classifier="linear", cosine_scale=20.0,
                  **kwargs):
         super().__init__(input_shape, **kwargs)
-        self.cls_loss = cls_loss if cls_loss is not None else SoftmaxCE(num_classes=self.num_classes)
+        if cls_loss is None:
+            cls_loss = SoftmaxCELoss(num_classes=self.num_classes)
+        self.cls_loss = cls_loss
         if self.cls_loss.num_classes != self.num_classes:
             raise ValueError(f"cls_loss is for {self.cls_loss.num_classes} classes, the predictor "
                              f"for {self.num_classes}.")
@@ -119,7 +121,7 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         if head.get("USE_SIGMOID_CE", False) or head.get("USE_FED_LOSS", False):
             raise ValueError(
                 "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE / USE_FED_LOSS do not apply to lt_d2's ROI heads;"
-                " set MODEL.LT.CLS_LOSS to SigmoidCE or FederatedLoss instead.")
+                " set MODEL.LT.CLS_LOSS to SigmoidCELoss or FederatedLoss instead.")
         ret["cls_loss"] = build_cls_loss(cfg, ret["num_classes"])
         ret["classifier"] = cfg.MODEL.LT.CLASSIFIER
         ret["cosine_scale"] = cfg.MODEL.LT.COSINE_SCALE
@@ -184,7 +186,7 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
                 f"TorchScript cannot compile its probs() ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0]}). Export by tracing (torch.jit.trace / "
                 "detectron2.export.TracingAdapter) instead, or script a model with "
-                "MODEL.LT.CLS_LOSS SoftmaxCE.") from e
+                "MODEL.LT.CLS_LOSS SoftmaxCELoss.") from e
         return self
 
 

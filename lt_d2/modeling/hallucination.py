@@ -1,10 +1,10 @@
 # Copyright (c) lt_d2 contributors.
 """BACL's feature hallucination module (FHM; Qi et al., IEEE TMM 2023), as in the official code.
 
-Per training iteration: ground-truth boxes are jittered (16 boxes per box), their box-head
-features update per-class running mean / variance, classes are drawn with probability
-proportional to 1 - their accuracy, and features are sampled from the drawn classes' Gaussians
-to give the classifier extra samples of poorly classified classes.
+Per training iteration: ground-truth boxes are jittered (``JITTER_COPIES`` = 16 boxes per box),
+their box-head features update per-class running mean / variance, classes are drawn with
+probability proportional to 1 - their accuracy, and features are sampled from the drawn classes'
+Gaussians to give the classifier extra samples of poorly classified classes.
 
 This file holds the module and its math; the ROI heads decide where its features come from.
 """
@@ -18,28 +18,31 @@ from .losses.utils import all_reduce_sum_, float32_math, upcast
 HALLUCINATOR_REGISTRY = Registry("LT_HALLUCINATOR")
 HALLUCINATOR_REGISTRY.__doc__ = """Feature hallucination modules owned by lt_d2's ROI heads."""
 
+# Jittered copies of each ground-truth box: one per sign pattern of its 4 coordinates.
+JITTER_COPIES = 2 ** 4
+
 
 def _jitter_signs():
-    """(16, 4) signs: copy m moves x1, y1, x2, y2 by the bits of m (the official patterns
-    [-1 x8, +1 x8], [-1 x4, +1 x4] x2, [-1, -1, +1, +1] x4, [-1, +1] x8)."""
-    m = torch.arange(16)
+    """(JITTER_COPIES, 4) signs: copy m moves x1, y1, x2, y2 by the bits of m (the official
+    patterns [-1 x8, +1 x8], [-1 x4, +1 x4] x2, [-1, -1, +1, +1] x4, [-1, +1] x8)."""
+    m = torch.arange(JITTER_COPIES)
     bits = torch.stack([(m >> 3) & 1, (m >> 2) & 1, (m >> 1) & 1, m & 1], dim=1)
     return bits.float() * 2 - 1
 
 
 def jitter_boxes(boxes, image_size, generator=None):
-    """16 jittered copies of each (x1, y1, x2, y2) box, clipped to the image.
+    """``JITTER_COPIES`` jittered copies of each (x1, y1, x2, y2) box, clipped to the image.
 
     Coordinate k of copy m moves by s_km * U(0, 1) * (box width or height) / 6.
 
     Args:
         boxes: (M, 4); image_size: (height, width).
     Returns:
-        (M * 16, 4): the copies of box 0, then of box 1, ...
+        (M * JITTER_COPIES, 4): the copies of box 0, then of box 1, ...
     """
     signs = _jitter_signs().to(boxes.device)
     wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # w, h, w, h
-    noise = torch.rand(len(boxes), 16, 4, generator=generator).to(boxes.device)
+    noise = torch.rand(len(boxes), JITTER_COPIES, 4, generator=generator).to(boxes.device)
     jittered = boxes[:, None, :] + signs[None] * noise * wh[:, None, :] / 6
     height, width = image_size
     jittered[..., 0::2] = jittered[..., 0::2].clamp(0, width)

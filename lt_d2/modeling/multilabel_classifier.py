@@ -77,7 +77,7 @@ class MultiLabelClassifier(nn.Module):
                 "backbone's OUT_FEATURES."
             )
         loss = build_cls_loss(cfg, c.NUM_CLASSES)
-        if not getattr(loss, "multi_label", False):
+        if not loss.multi_label:
             raise ValueError(
                 f"MODEL.LT.CLS_LOSS={cfg.MODEL.LT.CLS_LOSS} does not take multi-label targets. "
                 "Use DistributionBalancedLoss (MODEL.LT.DB.* selects BCE, focal, CB, inv, "

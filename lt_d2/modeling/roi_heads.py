@@ -5,9 +5,9 @@ Select them with ``MODEL.ROI_HEADS.NAME: LTROIHeads`` (or ``LTCascadeROIHeads``)
 long-tail option off they are numerically identical to detectron2's ``StandardROIHeads`` /
 ``CascadeROIHeads``: same parameters and checkpoint keys, same losses and outputs.
 
-Decoupled stage two: ``mask_loss_on`` (here) and ``box_reg_loss_on`` (on each box predictor)
-are set False by :func:`lt_d2.engine.freeze.skip_frozen_losses` for heads whose losses reach no
-trainable parameter; training then neither runs nor logs them.
+Decoupled stage two: ``mask_loss_on`` (:class:`MaskLossSwitch`, here) and ``box_reg_loss_on``
+(on each box predictor) are set False by :func:`lt_d2.engine.freeze.skip_frozen_losses` for heads
+whose losses reach no trainable parameter; training then neither runs nor logs them.
 
 Export: ``LTROIHeads`` scripts like detectron2's ``StandardROIHeads``
 (``detectron2.export.scripting_with_instances``) and traces; BACL's hallucinated samples reach
@@ -23,22 +23,28 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, ImageList, Instances
 
 from .box_predictor import replace_box_predictor, require_lt_config
-from .hallucination import HALLUCINATOR_REGISTRY, jitter_boxes
+from .hallucination import HALLUCINATOR_REGISTRY, JITTER_COPIES, jitter_boxes
+
+
+class MaskLossSwitch:
+    """Mixed into lt_d2's ROI heads: they hold ``mask_loss_on`` (True when built), and with it
+    False training skips the mask head's forward and loss (stage two with a frozen mask head;
+    :func:`lt_d2.engine.freeze.skip_frozen_losses` switches it). Inference still predicts masks.
+    """
+
+    mask_loss_on: bool
 
 
 @ROI_HEADS_REGISTRY.register()
-class LTROIHeads(StandardROIHeads):
+class LTROIHeads(MaskLossSwitch, StandardROIHeads):
     """``StandardROIHeads`` with lt_d2's box predictor and, optionally, BACL's hallucinator.
 
     With ``box_hallucinator`` (``MODEL.LT.HALLUCINATION.ENABLED``), every training step
-    (1) pools box-head features of 16 jittered copies of each ground-truth box and folds them
-    into per-class statistics, (2) draws classes by 1 - accuracy (the diagonal of the loss's
-    confusion matrix) and samples features for them, and (3) passes those through the classifier
-    into the classification loss, beside the RoIs. Only the classifier sees their gradient.
-
-    Attributes:
-        mask_loss_on (bool): False skips the mask head's training forward and loss (stage two
-            with a frozen mask head); inference still predicts masks.
+    (1) pools box-head features of ``JITTER_COPIES`` jittered copies of each ground-truth box
+    and folds them into per-class statistics, (2) draws classes by 1 - accuracy (the loss's
+    ``per_class_accuracy``, FCBL's confusion-matrix diagonal) and samples features for them, and
+    (3) passes those through the classifier into the classification loss, beside the RoIs. Only
+    the classifier sees their gradient. ``mask_loss_on``: see :class:`MaskLossSwitch`.
     """
 
     # constants to TorchScript, which then compiles only the branches of the heads that exist
@@ -49,10 +55,11 @@ class LTROIHeads(StandardROIHeads):
     @configurable
     def __init__(self, *, box_hallucinator=None, **kwargs):
         super().__init__(**kwargs)
-        if box_hallucinator is not None and not hasattr(
-                self.box_predictor.cls_loss, "per_class_accuracy"):
-            raise ValueError("MODEL.LT.HALLUCINATION needs a loss with a confusion matrix: "
-                             "set MODEL.LT.CLS_LOSS FCBLoss.")
+        cls_loss = self.box_predictor.cls_loss
+        if box_hallucinator is not None and not cls_loss.reports_per_class_accuracy:
+            raise ValueError(f"MODEL.LT.HALLUCINATION draws classes by their accuracy, which "
+                             f"{type(cls_loss).__name__} does not keep: set MODEL.LT.CLS_LOSS "
+                             "FCBLLoss (its confusion matrix).")
         self.box_hallucinator = box_hallucinator
         self.mask_loss_on = True
 
@@ -121,7 +128,7 @@ class LTROIHeads(StandardROIHeads):
             feature_maps = [features[f] for f in self.box_in_features]
             boxes = [Boxes(jitter_boxes(t.gt_boxes.tensor, t.image_size)) for t in targets]
             pooled = self.box_head(self.box_pooler(feature_maps, boxes))
-            labels = torch.cat([t.gt_classes.repeat_interleave(16) for t in targets])
+            labels = torch.cat([t.gt_classes.repeat_interleave(JITTER_COPIES) for t in targets])
             self.box_hallucinator.update(pooled.flatten(1), labels)
             accuracy = self.box_predictor.cls_loss.per_class_accuracy()
             classes = self.box_hallucinator.sample_classes(accuracy)
@@ -130,7 +137,7 @@ class LTROIHeads(StandardROIHeads):
 
 
 @ROI_HEADS_REGISTRY.register()
-class LTCascadeROIHeads(CascadeROIHeads):
+class LTCascadeROIHeads(MaskLossSwitch, CascadeROIHeads):
     """``CascadeROIHeads`` with lt_d2's box predictor in every stage, per-stage loss weights and
     a choice of how the stages' classifications are combined at test time.
 
@@ -145,8 +152,7 @@ class LTCascadeROIHeads(CascadeROIHeads):
             pooled features is scaled by 1 / #stages; False: unscaled (mmdetection).
         Other arguments: those of ``CascadeROIHeads``.
 
-    Attributes:
-        mask_loss_on (bool): as in :class:`LTROIHeads`.
+    ``mask_loss_on``: see :class:`MaskLossSwitch`.
     """
 
     TEST_SCORES = ("mean_probs", "mean_logits")

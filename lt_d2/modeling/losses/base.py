@@ -1,5 +1,6 @@
 # Copyright (c) lt_d2 contributors.
 """The interface every ROI classification loss of lt_d2 implements, and its registry."""
+import logging
 import math
 
 import torch
@@ -8,6 +9,8 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from .utils import float32_math, upcast
+
+logger = logging.getLogger(__name__)
 
 CLS_LOSS_REGISTRY = Registry("LT_CLS_LOSS")
 CLS_LOSS_REGISTRY.__doc__ = """
@@ -27,7 +30,18 @@ class LTClassificationLoss(nn.Module):
       (R, num_logits) logits and (R,) labels in [0, K], K = background;
     * ``probs(logits)``: (R, K+1) per-class scores with the background last, used at inference
       and averaged over Cascade stages;
-    * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses).
+
+    and declare, as class attributes, what the models around them may rely on (read by the box
+    predictor, the ROI heads and the multi-label classifier instead of probing for methods):
+
+    * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses);
+    * ``multi_label``: ``forward`` also takes (R, K) multi-hot targets (the multi-label classifier
+      needs it);
+    * ``reports_per_class_accuracy``: :meth:`per_class_accuracy` returns the (K,) running
+      accuracy of each class (BACL's hallucinator draws classes by it);
+    * ``scores_have_background``: the last column of ``probs`` is a real background probability
+      (softmax-style and objectness scores), so the class scores can be renormalised against it;
+      False where it is a constant 0 or an untrained column.
 
     Mixed precision: calling a loss casts the logits to float32 and turns autocast off around
     ``forward``, so the loss math and the state buffers (always float32) are those of the
@@ -36,6 +50,9 @@ class LTClassificationLoss(nn.Module):
     """
 
     prior_prob = None
+    multi_label = False
+    reports_per_class_accuracy = False
+    scores_have_background = True
 
     @configurable
     def __init__(self, num_classes):
@@ -59,6 +76,11 @@ class LTClassificationLoss(nn.Module):
 
     def probs(self, logits):
         return logits.softmax(dim=-1)
+
+    def per_class_accuracy(self):
+        """(K,) running accuracy of each class; only where ``reports_per_class_accuracy``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-class accuracy "
+                                  "(reports_per_class_accuracy is False).")
 
     def init_classifier_(self, layer):
         """Set the classifier's bias to this loss's prior, if it has one."""
@@ -100,6 +122,30 @@ def default_class_stats(cfg):
     return class_stats
 
 
+# Names MODEL.LT.CLS_LOSS had before every registered loss ended in "Loss"; configs may keep them.
+DEPRECATED_CLS_LOSS_NAMES = {
+    "SoftmaxCE": "SoftmaxCELoss",
+    "SigmoidCE": "SigmoidCELoss",
+    "FCBLoss": "FCBLLoss",
+}
+_deprecation_noted = set()
+
+
+def resolve_cls_loss_name(name):
+    """The registered name for a value of ``MODEL.LT.CLS_LOSS`` (deprecated names map to their
+    new ones, with a one-line note); KeyError naming the registered losses for an unknown one."""
+    if name in DEPRECATED_CLS_LOSS_NAMES:
+        new = DEPRECATED_CLS_LOSS_NAMES[name]
+        if name not in _deprecation_noted:  # once, not once per Cascade stage
+            _deprecation_noted.add(name)
+            logger.warning("MODEL.LT.CLS_LOSS=%s is deprecated; use %s (same loss).", name, new)
+        name = new
+    if name not in CLS_LOSS_REGISTRY:
+        registered = ", ".join(sorted(k for k, _ in CLS_LOSS_REGISTRY))
+        raise KeyError(f"Unknown MODEL.LT.CLS_LOSS={name!r}. Registered losses: {registered}.")
+    return name
+
+
 def build_cls_loss(cfg, num_classes, class_stats=None):
     """The loss named by ``cfg.MODEL.LT.CLS_LOSS`` for ``num_classes`` foreground classes.
 
@@ -107,10 +153,7 @@ def build_cls_loss(cfg, num_classes, class_stats=None):
     ``lt_d2.data.class_stats.ClassStats``), or a function returning them or None, called once
     and only by losses that use them; by default those of ``cfg.DATASETS.TRAIN``.
     """
-    name = cfg.MODEL.LT.CLS_LOSS
-    if name not in CLS_LOSS_REGISTRY:
-        registered = ", ".join(sorted(k for k, _ in CLS_LOSS_REGISTRY))
-        raise KeyError(f"Unknown MODEL.LT.CLS_LOSS={name!r}. Registered losses: {registered}.")
+    name = resolve_cls_loss_name(cfg.MODEL.LT.CLS_LOSS)
     return CLS_LOSS_REGISTRY.get(name)(cfg, num_classes=num_classes, class_stats=class_stats)
 
 
@@ -127,6 +170,7 @@ def train_stat_args(cfg, class_stats=None, **fields):
 
 
 def require(tensor, what):
+    """``tensor``, or a RuntimeError naming the missing training statistic ``what`` and the fix."""
     if tensor is None:
         raise RuntimeError(
             f"This loss needs the {what} of the training set, which were unavailable when it was "

@@ -27,15 +27,15 @@ def check_options(reweight, cb_mode, weight_norm, cb_beta):
                          "0 <= beta < 1.")
 
 
-def rebalance_weights(targets, class_freq, alpha, beta, mu):
+def rebalance_weights(targets, image_count, alpha, beta, mu):
     """w_ki = alpha + sigmoid(beta (r_ki - mu)), r_ki = (1/n_i) / sum_j y_kj / n_j (every class,
     positives and negatives alike). Rows without a positive get r = inf, i.e. w = alpha + 1."""
-    freq_inv = 1.0 / class_freq
+    freq_inv = 1.0 / image_count
     repeat_rate = (targets @ freq_inv)[:, None]
     return (freq_inv[None, :] / repeat_rate).sub_(mu).mul_(beta).sigmoid_().add_(alpha)
 
 
-def class_balanced_weights(targets, class_freq, beta, mode):
+def class_balanced_weights(targets, image_count, beta, mode):
     """(1 - beta) / (1 - beta^n): per class (C,) for "by_class", else one weight per sample (N, 1)
     from its positive labels' counts (mean count, mean weight, or smallest count).
 
@@ -46,22 +46,22 @@ def class_balanced_weights(targets, class_freq, beta, mode):
         return (1 - beta) / (1 - torch.pow(beta, n))
 
     if mode == "by_class":
-        return weight_of_count(class_freq)
+        return weight_of_count(image_count)
     num_pos = targets.sum(1, keepdim=True)
     has_pos = num_pos > 0
     if mode == "average_w":
-        mean_w = (targets @ weight_of_count(class_freq))[:, None] / num_pos.clamp(min=1)
+        mean_w = (targets @ weight_of_count(image_count))[:, None] / num_pos.clamp(min=1)
         return torch.where(has_pos, mean_w, torch.full_like(mean_w, 1 - beta))
     if mode == "average_n":
-        count = (targets @ class_freq)[:, None] / num_pos.clamp(min=1)
+        count = (targets @ image_count)[:, None] / num_pos.clamp(min=1)
         count = torch.where(has_pos, count, torch.full_like(count, float("inf")))
     else:  # min_n; inf for negatives keeps them out of the min (and empty rows at inf)
-        count = torch.where(targets > 0, class_freq, torch.full_like(targets, float("inf")))
+        count = torch.where(targets > 0, image_count, torch.full_like(targets, float("inf")))
         count = count.amin(1, keepdim=True)
     return weight_of_count(count)
 
 
-def distribution_balanced_loss(logits, targets, class_freq, num_samples, *, alpha=0.1, beta=10.0,
+def distribution_balanced_loss(logits, targets, image_count, num_images, *, alpha=0.1, beta=10.0,
                                mu=0.2, neg_scale=2.0, init_bias=0.05, gamma=2.0, balance=2.0,
                                focal=True, reweight="rebalance", cb_beta=0.9, cb_mode="average_w",
                                weight_norm="none", fix_init_bias_bug=False):
@@ -69,8 +69,9 @@ def distribution_balanced_loss(logits, targets, class_freq, num_samples, *, alph
 
     Args:
         logits: (N, C) sigmoid logits; targets: (N, C) 0/1 (float or bool).
-        class_freq: (C,) training samples per class n_i (clamped >= 1);
-        num_samples: N_train, the number of training samples.
+        image_count: (C,) training images (samples) with label i, n_i (clamped >= 1): the
+            official ``class_freq``;
+        num_images: N_train, the number of training images (samples) with annotations.
         reweight: weight w: "rebalance" (the map alpha, beta, mu: the code's ``map_param``
             alpha/beta/gamma), "inv" (N_train / n_i), "sqrt_inv" (its root), "CB"
             (:func:`class_balanced_weights` with cb_beta, cb_mode) or "none" (w = 1).
@@ -87,20 +88,20 @@ def distribution_balanced_loss(logits, targets, class_freq, num_samples, *, alph
     if logits.numel() == 0:
         return logits.sum() * 0.0
     targets = targets.detach().to(logits.dtype)
-    class_freq = class_freq.to(logits).clamp(min=1)
+    image_count = image_count.to(logits).clamp(min=1)
     weights = None
     if reweight == "rebalance":
-        weights = rebalance_weights(targets, class_freq, alpha, beta, mu)
+        weights = rebalance_weights(targets, image_count, alpha, beta, mu)
     elif reweight in ("inv", "sqrt_inv"):
-        weights = num_samples / class_freq
+        weights = num_images / image_count
         weights = weights.sqrt() if reweight == "sqrt_inv" else weights
     elif reweight == "CB":
-        weights = class_balanced_weights(targets, class_freq, cb_beta, cb_mode)
+        weights = class_balanced_weights(targets, image_count, cb_beta, cb_mode)
     if weights is not None and weight_norm != "none":
         weights = weights / (weights.amax(-1, keepdim=True) if weight_norm == "by_instance"
                              else weights.max())
     # negative-tolerant regularisation: a class-specific bias, and negatives scaled by lambda
-    bias = -torch.log((num_samples / class_freq - 1).clamp(min=1e-6)) * init_bias
+    bias = -torch.log((num_images / image_count - 1).clamp(min=1e-6)) * init_bias
     if not fix_init_bias_bug:
         bias = bias / neg_scale
     return _DBLossMean.apply(logits, targets, bias, weights, neg_scale, gamma, balance, focal)
@@ -150,7 +151,7 @@ class DistributionBalancedLoss(LTClassificationLoss):
 
     Args:
         num_classes (int): K.
-        class_freq (Tensor or None): (K,) training images per class; num_samples (int): training
+        image_count (Tensor or None): (K,) training images per class; num_images (int): training
             images with annotations.
         The remaining keyword arguments are those of :func:`distribution_balanced_loss`
         (defaults: the COCO-MLT configuration).
@@ -160,25 +161,26 @@ class DistributionBalancedLoss(LTClassificationLoss):
     """
 
     multi_label = True
+    scores_have_background = False  # K sigmoids, a background score of 0 appended
 
     @configurable
-    def __init__(self, *, num_classes, class_freq=None, num_samples=None, **hparams):
+    def __init__(self, *, num_classes, image_count=None, num_images=None, **hparams):
         super().__init__(num_classes)
         # a dry run on an empty batch: bad option values (and unknown keywords) fail when the
         # model is built, not at its first training step
         empty = torch.zeros(0, num_classes)
         distribution_balanced_loss(empty, empty, torch.ones(num_classes), 2, **hparams)
         self.hparams = hparams
-        self.num_samples = num_samples
-        freq = None if class_freq is None else torch.as_tensor(class_freq).float()
-        self.register_buffer("class_freq", freq, persistent=False)
+        self.num_images = num_images
+        counts = None if image_count is None else torch.as_tensor(image_count).float()
+        self.register_buffer("image_count", counts, persistent=False)
 
     @classmethod
     def from_config(cls, cfg, num_classes, class_stats=None):
         c = cfg.MODEL.LT.DB
         return {
             "num_classes": num_classes,
-            **train_stat_args(cfg, class_stats, class_freq="image_count", num_samples="num_images"),
+            **train_stat_args(cfg, class_stats, image_count="image_count", num_images="num_images"),
             "alpha": c.ALPHA, "beta": c.BETA, "mu": c.MU, "neg_scale": c.NEG_SCALE,
             "init_bias": c.INIT_BIAS, "gamma": c.FOCAL_GAMMA, "balance": c.BALANCE,
             "focal": c.FOCAL, "reweight": c.REWEIGHT, "cb_beta": c.CB_BETA, "cb_mode": c.CB_MODE,
@@ -190,7 +192,7 @@ class DistributionBalancedLoss(LTClassificationLoss):
         return self.num_classes
 
     def forward(self, logits, gt):
-        class_freq = require(self.class_freq, "per-class image counts")
+        image_count = require(self.image_count, "per-class image counts")
         if gt.dim() == 2:
             if gt.shape != logits.shape:
                 raise ValueError(f"Multi-hot targets of shape {tuple(gt.shape)} for logits of "
@@ -198,7 +200,7 @@ class DistributionBalancedLoss(LTClassificationLoss):
             targets = gt
         else:
             targets = one_hot_foreground(gt, self.num_classes)
-        return distribution_balanced_loss(logits, targets, class_freq, self.num_samples,
+        return distribution_balanced_loss(logits, targets, image_count, self.num_images,
                                           **self.hparams)
 
     def probs(self, logits):

@@ -42,6 +42,7 @@ class EQLLoss(LTClassificationLoss):
     """
 
     prior_prob = 0.001
+    scores_have_background = False  # K sigmoids, a background score of 0 appended
 
     FREQUENCIES = ("image", "instance")
 

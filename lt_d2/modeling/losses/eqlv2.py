@@ -17,21 +17,26 @@ def eqlv2_weights(pos_neg, gamma, mu, alpha):
     return torch.cat([q_pos, one]), torch.cat([q_neg, one])
 
 
+def eqlv2_targets_and_weights(logits, gt_classes, pos_neg, gamma, mu, alpha):
+    """The one-hot targets y (R, K+1) and the weights w = q_pos y + q_neg (1 - y) of
+    :func:`eqlv2_loss`; its module accumulates gradient statistics with both."""
+    targets = one_hot(gt_classes, logits.shape[1])
+    pos_w, neg_w = eqlv2_weights(pos_neg, gamma, mu, alpha)
+    # q_neg everywhere, q_pos at the label: q_pos y + q_neg (1 - y) with one allocation
+    weights = neg_w.expand(logits.shape[0], -1).clone()
+    weights.scatter_(1, gt_classes[:, None], pos_w[gt_classes][:, None])
+    return targets, weights
+
+
 def eqlv2_loss(logits, gt_classes, pos_neg, gamma=12.0, mu=0.8, alpha=4.0):
     """sum_ij w_ij BCE(z_ij, y_ij) / R with w = q_pos y + q_neg (1 - y) (paper eq. 5-7).
 
     Args:
         logits: (R, K+1) sigmoid logits, the last one objectness; gt_classes: (R,) in [0, K];
         pos_neg: (K,) accumulated positive/negative gradient ratio of previous iterations.
-    Returns:
-        (loss, targets, weights); the caller accumulates gradients with the last two.
     """
-    targets = one_hot(gt_classes, logits.shape[1])
-    pos_w, neg_w = eqlv2_weights(pos_neg, gamma, mu, alpha)
-    # q_neg everywhere, q_pos at the label: q_pos y + q_neg (1 - y) with one allocation
-    weights = neg_w.expand(logits.shape[0], -1).clone()
-    weights.scatter_(1, gt_classes[:, None], pos_w[gt_classes][:, None])
-    return weighted_bce_mean(logits, targets, weights), targets, weights
+    targets, weights = eqlv2_targets_and_weights(logits, gt_classes, pos_neg, gamma, mu, alpha)
+    return weighted_bce_mean(logits, targets, weights)
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -66,8 +71,9 @@ class EQLv2Loss(LTClassificationLoss):
         return {"num_classes": num_classes, "gamma": c.GAMMA, "mu": c.MU, "alpha": c.ALPHA}
 
     def forward(self, logits, gt_classes):
-        loss, targets, weights = eqlv2_loss(
+        targets, weights = eqlv2_targets_and_weights(
             logits, gt_classes, self.pos_neg, self.gamma, self.mu, self.alpha)
+        loss = weighted_bce_mean(logits, targets, weights)
         if self.training:
             self._accumulate(logits, gt_classes, targets, weights)
         return loss

@@ -62,7 +62,7 @@ def fcbl_loss(logits, gt_classes, cm_numerator, num_gt, alpha=0.85, prob_thresh=
 
 
 @CLS_LOSS_REGISTRY.register()
-class FCBLoss(LTClassificationLoss):
+class FCBLLoss(LTClassificationLoss):
     """FCBL with pairwise class-aware margins from a running confusion matrix.
 
     Persistent buffers ``cm_numerator`` (K, K) and ``num_gt`` (K): after each loss, foreground
@@ -77,6 +77,7 @@ class FCBLoss(LTClassificationLoss):
     """
 
     prior_prob = 0.001
+    reports_per_class_accuracy = True
 
     @configurable
     def __init__(self, *, num_classes, alpha=0.85, prob_thresh=0.7, reweight=True):

@@ -34,6 +34,22 @@ def federated_classes(gt_classes, class_weights, num_fed_classes):
     return mask[:num_classes]
 
 
+def federated_loss(logits, gt_classes, class_weights, num_fed_classes=50):
+    """sum BCE / R over the K class columns of the classes :func:`federated_classes` picks
+    (the background column, the last of the K+1, gets no loss); 0 for an empty batch, where
+    nothing is drawn from the RNG (as detectron2).
+
+    Args:
+        logits: (R, K+1); gt_classes: (R,) in [0, K]; class_weights: (K,) draw weights.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    num_classes = logits.shape[1] - 1
+    targets = one_hot_foreground(gt_classes, num_classes)
+    mask = federated_classes(gt_classes, class_weights, num_fed_classes)
+    return weighted_bce_mean(logits[:, :-1], targets, mask[None, :])
+
+
 @CLS_LOSS_REGISTRY.register()
 class FederatedLoss(LTClassificationLoss):
     """Sigmoid BCE on the K class columns, restricted to the federated class set; the background
@@ -47,6 +63,8 @@ class FederatedLoss(LTClassificationLoss):
 
     ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``.
     """
+
+    scores_have_background = False  # the background logit never gets a loss
 
     @configurable
     def __init__(self, *, num_classes, image_count=None, freq_weight_power=0.5, num_fed_classes=50):
@@ -68,12 +86,7 @@ class FederatedLoss(LTClassificationLoss):
 
     def forward(self, logits, gt_classes):
         weights = require(self.class_weights, "per-class image counts")
-        cls_logits = logits[:, :-1]
-        if logits.shape[0] == 0:  # as detectron2: no loss, and no draw from the RNG
-            return logits.sum() * 0.0
-        targets = one_hot_foreground(gt_classes, self.num_classes)
-        mask = federated_classes(gt_classes, weights, self.num_fed_classes)
-        return weighted_bce_mean(cls_logits, targets, mask[None, :])
+        return federated_loss(logits, gt_classes, weights, self.num_fed_classes)
 
     def probs(self, logits):
         return logits.sigmoid()

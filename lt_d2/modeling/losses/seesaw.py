@@ -31,28 +31,33 @@ def seesaw_log_factors(logits, labels, cum_samples, p, q, eps):
 
 
 def seesaw_loss(logits, gt_classes, cum_samples, p=0.8, q=2.0, eps=1e-2):
-    """Seesaw classification + objectness losses, each summed and divided by R (all RoIs).
+    """The seesaw classification loss: CE of the foreground RoIs over the K class logits, each
+    other class's logit shifted by log S_ij, summed and divided by R (all RoIs).
 
     Args:
-        logits: (R, K+2): K class logits, then objectness logits (object, background).
+        logits: (R, K+2): K class logits, then objectness logits (object, background; their
+            loss is :func:`seesaw_objectness_loss`).
         gt_classes: (R,) in [0, K]; cum_samples: (K+1,) samples seen per label so far.
-    Returns:
-        dict with "loss_cls" (seesaw CE over foreground RoIs) and "loss_cls_objectness".
     """
     num_classes = logits.shape[1] - 2
     num_rois = max(logits.shape[0], 1)
-    cls_logits, obj_logits = logits[:, :num_classes], logits[:, num_classes:]
+    cls_logits = logits[:, :num_classes]
     fg = gt_classes < num_classes
     fg_logits, fg_labels = cls_logits[fg], gt_classes[fg]
-    if fg_labels.numel():
-        log_factors = seesaw_log_factors(fg_logits, fg_labels, cum_samples[:num_classes], p, q, eps)
-        adjusted = fg_logits + log_factors.scatter_(1, fg_labels[:, None], 0.0)  # not on the label
-        loss_cls = F.cross_entropy(adjusted, fg_labels, reduction="sum") / num_rois
-    else:
-        loss_cls = cls_logits.sum() * 0.0
+    if not fg_labels.numel():
+        return cls_logits.sum() * 0.0
+    log_factors = seesaw_log_factors(fg_logits, fg_labels, cum_samples[:num_classes], p, q, eps)
+    adjusted = fg_logits + log_factors.scatter_(1, fg_labels[:, None], 0.0)  # not on the label
+    return F.cross_entropy(adjusted, fg_labels, reduction="sum") / num_rois
+
+
+def seesaw_objectness_loss(logits, gt_classes):
+    """CE of the last 2 logits (object, background) against "is background", summed and
+    divided by R (all RoIs)."""
+    num_classes = logits.shape[1] - 2
     obj_labels = (gt_classes == num_classes).long()
-    loss_obj = cross_entropy(obj_logits, obj_labels, reduction="sum") / num_rois
-    return {"loss_cls": loss_cls, "loss_cls_objectness": loss_obj}
+    loss = cross_entropy(logits[:, num_classes:], obj_labels, reduction="sum")
+    return loss / max(logits.shape[0], 1)
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -90,7 +95,10 @@ class SeesawLoss(LTClassificationLoss):
                 counts = torch.bincount(gt_classes, minlength=self.num_classes + 1).float()
                 all_reduce_sum_(counts)
                 self.cum_samples += counts
-        return seesaw_loss(logits, gt_classes, self.cum_samples, self.p, self.q, self.eps)
+        return {
+            "loss_cls": seesaw_loss(logits, gt_classes, self.cum_samples, self.p, self.q, self.eps),
+            "loss_cls_objectness": seesaw_objectness_loss(logits, gt_classes),
+        }
 
     def probs(self, logits):
         cls_scores = logits[:, :-2].softmax(dim=1)

@@ -16,7 +16,7 @@ def sigmoid_ce_loss(logits, gt_classes):
 
 
 @CLS_LOSS_REGISTRY.register()
-class SigmoidCE(LTClassificationLoss):
+class SigmoidCELoss(LTClassificationLoss):
     """K+1 independent sigmoids (the last one objectness); score of class c is
     sigmoid(z_c) * (1 - sigmoid(z_K)). Bias starts at the prior 0.001, as in EQLv2 and BACL.
 

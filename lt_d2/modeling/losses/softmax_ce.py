@@ -5,12 +5,22 @@ from detectron2.layers import cross_entropy
 from .base import CLS_LOSS_REGISTRY, LTClassificationLoss
 
 
-@CLS_LOSS_REGISTRY.register()
-class SoftmaxCE(LTClassificationLoss):
-    """Mean softmax cross-entropy over all R sampled RoIs (background included).
+def softmax_ce_loss(logits, gt_classes):
+    """Mean softmax cross-entropy over all R RoIs (background, label K, included), as
+    detectron2's ``loss_cls`` (0 for an empty batch).
 
-    ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``; identical to detectron2's loss_cls.
+    Args:
+        logits: (R, K+1), the background last; gt_classes: (R,) in [0, K].
+    """
+    return cross_entropy(logits, gt_classes, reduction="mean")
+
+
+@CLS_LOSS_REGISTRY.register()
+class SoftmaxCELoss(LTClassificationLoss):
+    """Softmax cross-entropy, the default: identical to detectron2's loss_cls.
+
+    ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``. Scores: softmax.
     """
 
     def forward(self, logits, gt_classes):
-        return cross_entropy(logits, gt_classes, reduction="mean")
+        return softmax_ce_loss(logits, gt_classes)
