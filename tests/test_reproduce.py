@@ -92,6 +92,10 @@ def test_recipe_check_catches_a_different_schedule_and_settings():
     assert {p.split(":")[0] for p in problems} == {"base_lr", "sampler", "grad_clip"}
     assert recipe_mismatches(recipe, resolve_config(result.train_steps[0].config),
                              wired_weights=True)[0].startswith("weights")
+    # a results file written before the loss renames still matches; another loss does not
+    cfg = resolve_config(result.train_steps[0].config)
+    assert recipe_mismatches({**recipe, "cls_loss": "SoftmaxCE"}, cfg) == []
+    assert recipe_mismatches({**recipe, "cls_loss": "SigmoidCE"}, cfg)[0].startswith("cls_loss")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..modeling.losses.base import DEPRECATED_CLS_LOSS_NAMES
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_RESULTS = os.path.join(REPO, "configs", "paper_results.yaml")
 
@@ -203,7 +205,7 @@ RECIPE_CHECKS = {
     "sampler": (lambda c: c.DATALOADER.SAMPLER_TRAIN, "eq"),
     "repeat_threshold": (lambda c: c.DATALOADER.REPEAT_THRESHOLD, "close"),
     "repeat_rounding": (lambda c: c.DATALOADER.LT.REPEAT_ROUNDING, "eq"),
-    "cls_loss": (lambda c: c.MODEL.LT.CLS_LOSS, "eq"),
+    "cls_loss": (lambda c: c.MODEL.LT.CLS_LOSS, "loss"),
     "weights": (lambda c: c.MODEL.WEIGHTS, "eq"),
     "stage_loss_weights": (lambda c: list(c.MODEL.LT.CASCADE.STAGE_LOSS_WEIGHTS), "list"),
     "cascade_test_score": (lambda c: c.MODEL.LT.CASCADE.TEST_SCORE, "eq"),
@@ -231,6 +233,8 @@ def _matches(got, want, how):
         return got == want
     if how == "eq":
         return got == want
+    if how == "loss":  # a deprecated loss name on either side means its new one
+        return DEPRECATED_CLS_LOSS_NAMES.get(got, got) == DEPRECATED_CLS_LOSS_NAMES.get(want, want)
     if how == "list":
         return len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want))
     return _close(got, want, rel=1e-3 if how == "close3" else 1e-6)
