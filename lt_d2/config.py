@@ -20,6 +20,7 @@ def add_tiny_net_config(cfg):
 
 
 def add_lt_model_config(cfg):
+    """``MODEL.LT``: the classification loss and classifier, and each method's keys."""
     cfg.MODEL.LT = CN()
     # ROI classification loss, a name in lt_d2.modeling.losses.CLS_LOSS_REGISTRY: SoftmaxCELoss
     # (detectron2's), SigmoidCELoss, FederatedLoss, EQLLoss, EQLv2Loss, ACSLLoss, SeesawLoss,
@@ -37,6 +38,23 @@ def add_lt_model_config(cfg):
     # backbone build_lt_resnet_fpn_backbone / build_lt_resnet_backbone.
     cfg.MODEL.LT.NORM_EVAL = False
 
+    add_cascade_config(cfg)
+    add_eql_config(cfg)
+    add_acsl_config(cfg)
+    add_seesaw_config(cfg)
+    add_db_config(cfg)
+
+    # Decoupled stage two: names of the parameters that train; every other parameter is frozen
+    # (and batch-norm statistics with it). Each entry is a parameter name, a dotted prefix
+    # ("roi_heads.box_predictor.cls_score") or a glob ("roi_heads.box_predictor.*.cls_score.*").
+    # Empty: everything trains (stage one).
+    cfg.MODEL.LT.TRAINABLE = []
+
+    add_bags_config(cfg)
+    add_bacl_config(cfg)
+
+
+def add_cascade_config(cfg):
     cfg.MODEL.LT.CASCADE = CN()
     # LTCascadeROIHeads: weight of each stage's losses, one per stage (ACSL: [1.0, 0.5, 0.25]).
     # Empty: every stage weighs 1, as detectron2's CascadeROIHeads.
@@ -50,6 +68,9 @@ def add_lt_model_config(cfg):
     # as mmdetection's Cascade R-CNN (the ACSL configs).
     cfg.MODEL.LT.CASCADE.SCALE_FEATURE_GRADIENT = True
 
+
+def add_eql_config(cfg):
+    """EQL and EQLv2."""
     cfg.MODEL.LT.EQL = CN()
     # Tail threshold lambda on image frequency (image_count / #training images with
     # annotations): LVIS v0.5 0.00177, LVIS v1 0.0011.
@@ -66,16 +87,23 @@ def add_lt_model_config(cfg):
     # alpha in q_pos = 1 + alpha (1 - q_neg).
     cfg.MODEL.LT.EQLV2.ALPHA = 4.0
 
+
+def add_acsl_config(cfg):
     cfg.MODEL.LT.ACSL = CN()
     # Score threshold xi: a foreground RoI suppresses the classes it scores at least xi.
     cfg.MODEL.LT.ACSL.SCORE_THRESH = 0.7
 
+
+def add_seesaw_config(cfg):
     cfg.MODEL.LT.SEESAW = CN()
     # Mitigation exponent p, compensation exponent q, and the clamp eps of the label's score.
     cfg.MODEL.LT.SEESAW.P = 0.8
     cfg.MODEL.LT.SEESAW.Q = 2.0
     cfg.MODEL.LT.SEESAW.EPS = 0.01
 
+
+def add_db_config(cfg):
+    """Distribution-balanced loss (DB-loss)."""
     cfg.MODEL.LT.DB = CN()
     # Re-balancing map w = alpha + sigmoid(beta (r - mu)) (the code's map_param alpha/beta/gamma;
     # defaults: the COCO-MLT configuration).
@@ -105,12 +133,8 @@ def add_lt_model_config(cfg):
     # numbers include it). True removes the division.
     cfg.MODEL.LT.DB.FIX_INIT_BIAS_BUG = False
 
-    # Decoupled stage two: names of the parameters that train; every other parameter is frozen
-    # (and batch-norm statistics with it). Each entry is a parameter name, a dotted prefix
-    # ("roi_heads.box_predictor.cls_score") or a glob ("roi_heads.box_predictor.*.cls_score.*").
-    # Empty: everything trains (stage one).
-    cfg.MODEL.LT.TRAINABLE = []
 
+def add_bags_config(cfg):
     cfg.MODEL.LT.BAGS = CN()
     # Group boundaries on training instance counts: groups <10, 10-99, 100-999, >=1000.
     cfg.MODEL.LT.BAGS.BIN_SPLIT = [10, 100, 1000]
@@ -120,6 +144,9 @@ def add_lt_model_config(cfg):
     # merge, group softmax times P(foreground), whose rows sum to more than 1).
     cfg.MODEL.LT.BAGS.NORMALIZE_SCORES = True
 
+
+def add_bacl_config(cfg):
+    """BACL: feature hallucination and the FCBL loss."""
     cfg.MODEL.LT.HALLUCINATION = CN()
     # Add BACL's hallucinated features to the classification loss (LTROIHeads; the loss must keep
     # a confusion matrix, i.e. FCBLLoss). Off: the ROI heads own no hallucinator (same keys).

@@ -100,6 +100,8 @@ def test_model_zoo_imports():
 def test_launch_refuses_more_processes_than_the_machine_runs():
     import pytest
 
-    too_many = compat.max_processes_per_machine() + 1
+    from lt_d2.engine import launch
+
+    too_many = launch.max_processes_per_machine() + 1
     with pytest.raises(ValueError, match=f"--num-gpus {too_many}"):
-        compat.launch(lambda: None, too_many)
+        launch.launch(lambda: None, too_many)

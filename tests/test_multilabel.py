@@ -20,8 +20,8 @@ from lt_d2.data.multilabel_mapper import MultiLabelDatasetMapper
 from lt_d2.data.synthetic import COMPLETE_MARKER
 from lt_d2.data.synthetic_multilabel import generate_synthetic_multilabel
 from lt_d2.engine import check_config
-from lt_d2.engine.trainer import with_full_model_clipping
-from lt_d2.evaluation import MultiLabelEvaluator, average_precision, multilabel_scores
+from lt_d2.engine.optimizer import with_full_model_clipping
+from lt_d2.evaluation import MultiLabelEvaluator, multilabel_scores, stepwise_average_precision
 
 from .conftest import REPO, copypaste_metrics, run_train_net
 
@@ -73,9 +73,9 @@ def test_average_precision_equals_scikit_learn_with_ties():
         targets = rng.random(n) < 0.3
         targets[0] = True
         scores = np.round(rng.random(n), 1)  # many ties
-        assert average_precision(scores, targets) == pytest.approx(
+        assert stepwise_average_precision(scores, targets) == pytest.approx(
             average_precision_score(targets, scores), abs=1e-12)
-    assert np.isnan(average_precision([0.1, 0.2], [0, 0]))
+    assert np.isnan(stepwise_average_precision([0.1, 0.2], [0, 0]))
 
 
 def test_scores_split_classes_by_training_images():

@@ -17,9 +17,10 @@ from lt_d2.data import load_lt_json
 from lt_d2.data.openimages import register_openimages
 from lt_d2.data.openimages_convert import convert_openimages, write_dataset_json
 from lt_d2.data.openimages_csv import OpenImagesFormatError, image_size_from_file, read_hierarchy
-from lt_d2.evaluation.openimages import (OpenImagesEvaluator, average_precision,
-                                         evaluate_openimages, load_openimages_groundtruth,
-                                         summarize, tp_fp_single_class)
+from lt_d2.evaluation.openimages import (OpenImagesEvaluator, evaluate_openimages,
+                                         interpolated_average_precision,
+                                         load_openimages_groundtruth, openimages_summary,
+                                         tp_fp_single_class)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX_HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -263,8 +264,9 @@ def test_tp_fp_group_of_and_duplicates():
     assert sorted(zip(s.tolist(), tp.tolist())) == [(0.5, False), (0.6, True), (0.9, True),
                                                    (0.95, False)]
     # 0.95 F, 0.9 T, 0.6 T, 0.5 F over 2 boxes: precision envelope 2/3 on both recall steps
-    assert average_precision(s, tp, 2) == pytest.approx(2 / 3)
-    assert np.isnan(average_precision([], [], 0)) and average_precision([], [], 3) == 0.0
+    assert interpolated_average_precision(s, tp, 2) == pytest.approx(2 / 3)
+    assert np.isnan(interpolated_average_precision([], [], 0))
+    assert interpolated_average_precision([], [], 3) == 0.0
 
 
 def _image(boxes, classes, group_of=None, verified=()):
@@ -294,7 +296,7 @@ def test_unverified_classes_ignored_and_hierarchy():
 def test_summarize_groups():
     # 7 classes: groups of 2, 2, 1, 1, 1 in increasing count
     ap = np.array([1.0, 0.5, np.nan, 0.0, 0.25])
-    res = summarize(ap, [1, 1, 2, 3, 5])
+    res = openimages_summary(ap, [1, 1, 2, 3, 5])
     assert res["mAP"] == pytest.approx(43.75) and res["AP1"] == pytest.approx(75)
     assert np.isnan(res["AP2"]) and res["AP3"] == 0 and np.isnan(res["AP4"])
     assert res["AP5"] == pytest.approx(25)

@@ -47,7 +47,7 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar
     """(dataset dict, results): lvis-format result dicts, or with columnar the same detections
     as evaluate_lvis' columns (masks as an RLEColumn, as LTLVISEvaluator keeps them), built
     without a result dict ever existing."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream, drawn in a fixed order: same data each run
     num_r, num_c = round(num_classes * 337 / 1203), round(num_classes * 461 / 1203)
     freq = np.array(["r"] * num_r + ["c"] * num_c + ["f"] * (num_classes - num_r - num_c))
     rng.shuffle(freq)
@@ -56,7 +56,23 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar
     p = popularity / popularity.sum()
     height = rng.choice([375, 427, 480, 500, 640], num_images)
     width = rng.choice([480, 500, 612, 640], num_images)
+    ann_img, ann_cat, ann_box = _annotation_boxes(rng, p, height, width)
+    first_ann = np.searchsorted(ann_img, np.arange(num_images + 1))
+    dataset = _dataset(rng, freq, p, height, width, ann_img, ann_cat, ann_box, first_ann, segm)
+    det_img, det_cat, det_box, det_score = _detections(rng, dets_per_image, p, height, width,
+                                                       ann_img, ann_cat, ann_box, first_ann)
+    order = np.lexsort((rng.random(len(det_img)), det_img))
+    det_img, det_cat, det_box, det_score = (v[order] for v in (det_img, det_cat, det_box,
+                                                               det_score))
+    if columnar:
+        return dataset, _columnar_results(det_img, det_cat, det_box, det_score, height, width,
+                                          segm)
+    return dataset, _result_dicts(det_img, det_cat, det_box, det_score, height, width, segm)
 
+
+def _annotation_boxes(rng, p, height, width):
+    """(image index, class index, XYWH box) of each ground-truth instance."""
+    num_images, num_classes = len(height), len(p)
     # ~3.5 categories per image, ~3.5 instances each: ~12.4 annotations per image as LVIS v1 val
     slots = rng.poisson(2.6, num_images) + 1
     pairs = np.unique(np.repeat(np.arange(num_images), slots) * num_classes
@@ -71,28 +87,40 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar
     w[rng.random(len(w)) < 0.001] = 0.0  # LVIS has a few degenerate boxes
     x = (rng.random(len(w)) * (width[ann_img] - w)).round(2)
     y = (rng.random(len(w)) * (height[ann_img] - h)).round(2)
-    ann_box = np.c_[x, y, w, h]
+    return ann_img, ann_cat, np.c_[x, y, w, h]
 
-    images = []
-    first_ann = np.searchsorted(ann_img, np.arange(num_images + 1))
-    for i in range(num_images):
+
+def _dataset(rng, freq, p, height, width, ann_img, ann_cat, ann_box, first_ann, segm):
+    """The LVIS-format dataset dict: images with negative and not-exhaustive categories."""
+    num_classes, images = len(p), []
+    for i in range(len(height)):
         present = np.unique(ann_cat[first_ann[i]:first_ann[i + 1]])
         neg = np.setdiff1d(rng.choice(num_classes, 8, p=p), present)
+        not_exhaustive = present[rng.random(len(present)) < 0.1] + 1
         images.append(dict(id=i + 1, height=int(height[i]), width=int(width[i]),
                            neg_category_ids=(neg + 1).tolist(),
-                           not_exhaustive_category_ids=(present[rng.random(len(present)) < 0.1] + 1).tolist()))
+                           not_exhaustive_category_ids=not_exhaustive.tolist()))
+    w, h = ann_box[:, 2], ann_box[:, 3]
     annotations = [dict(id=j + 1, image_id=int(ann_img[j]) + 1, category_id=int(ann_cat[j]) + 1,
                         bbox=ann_box[j].tolist(), area=float(w[j] * h[j] * (0.875 if segm else 1)),
                         segmentation=[octagon(*ann_box[j].tolist())]) for j in range(len(ann_img))]
-    categories = [dict(id=k + 1, name=f"class_{k}", frequency=str(freq[k])) for k in range(num_classes)]
+    categories = [dict(id=k + 1, name=f"class_{k}", frequency=str(freq[k]))
+                  for k in range(num_classes)]
+    return dict(images=images, annotations=annotations, categories=categories)
 
-    # detections: ~2.5 jittered copies per object (20% with a wrong class), the rest random boxes
-    # whose classes come from the image (30%) or the class prior (70%, mostly dropped by lvis-api)
+
+def _detections(rng, dets_per_image, p, height, width, ann_img, ann_cat, ann_box, first_ann):
+    """(image index, category id, XYWH box, score) of each detection, grouped by image: ~2.5
+    jittered copies per object (20% with a wrong class), the rest random boxes whose classes
+    come from the image (30%) or the class prior (70%, mostly dropped by lvis-api)."""
+    num_images, num_classes = len(height), len(p)
+    w, h = ann_box[:, 2], ann_box[:, 3]
     copies = rng.poisson(2.5, len(ann_img))
     src = np.repeat(np.arange(len(ann_img)), copies)
     near_box = ann_box[src] + rng.normal(0, 0.08, (len(src), 4)) * np.c_[w, h, w, h][src]
     near_box[:, 2:] = np.abs(near_box[:, 2:])
-    near_cat = np.where(rng.random(len(src)) < 0.8, ann_cat[src], rng.choice(num_classes, len(src), p=p))
+    near_cat = np.where(rng.random(len(src)) < 0.8, ann_cat[src],
+                        rng.choice(num_classes, len(src), p=p))
     near_img = ann_img[src]
     keep = np.r_[0, np.flatnonzero(np.diff(near_img)) + 1]  # cap the copies at dets_per_image
     rank = np.arange(len(near_img)) - np.repeat(keep, np.diff(np.r_[keep, len(near_img)]))
@@ -109,46 +137,45 @@ def make_lvis_like(num_images, num_classes, dets_per_image, seed, segm, columnar
     some_ann = first_ann[rand_img] + (rng.random(len(rand_img)) * np.maximum(count, 1)).astype(int)
     rand_cat = np.where(from_image, ann_cat[np.minimum(some_ann, len(ann_cat) - 1)],
                         rng.choice(num_classes, len(rand_img), p=p))
-    det_img = np.r_[near_img, rand_img]
-    det_cat = np.r_[near_cat, rand_cat] + 1
-    det_box = np.r_[near_box, rand_box].round(2)
-    det_score = np.r_[rng.uniform(0.2, 1, len(near_img)), rng.uniform(0, 0.6, len(rand_img))].round(3)
-    order = np.lexsort((rng.random(len(det_img)), det_img))
-    del near_box, rand_box, near_img, rand_img, src
-    dataset = dict(images=images, annotations=annotations, categories=categories)
-    if columnar:
-        det_img = det_img[order]
-        results = dict(image_id=det_img + 1, category_id=det_cat[order], score=det_score[order])
-        if not segm:
-            results["bbox"] = det_box[order]
-            return dataset, results
-        per_image = []  # as LTLVISEvaluator keeps masks: one RLEColumn per image, then joined
-        bounds = np.searchsorted(det_img, np.arange(num_images + 1))
-        for i, box in enumerate(np.split(det_box[order], bounds[1:-1])):
-            rles = mask_utils.frPyObjects([octagon(*b) for b in box.tolist()],
-                                          int(height[i]), int(width[i]))
-            per_image.append(RLEColumn.from_counts([rle["counts"] for rle in rles],
-                                                   np.tile([height[i], width[i]], (len(rles), 1))))
-        results["segmentation"] = RLEColumn.concatenate(per_image)
-        return dataset, results
-    image_id = list(range(1, num_images + 1))  # one int object per image, as detectron2 makes
-    det_img, det_cat, det_score = det_img[order].tolist(), det_cat[order].tolist(), det_score[order].tolist()
-    det_box = det_box[order]
+    det_score = np.r_[rng.uniform(0.2, 1, len(near_img)), rng.uniform(0, 0.6, len(rand_img))]
+    return (np.r_[near_img, rand_img], np.r_[near_cat, rand_cat] + 1,
+            np.r_[near_box, rand_box].round(2), det_score.round(3))
+
+
+def _columnar_results(det_img, det_cat, det_box, det_score, height, width, segm):
+    results = dict(image_id=det_img + 1, category_id=det_cat, score=det_score)
     if not segm:
-        results = [dict(image_id=image_id[i], category_id=c, bbox=b, score=s)
-                   for i, c, b, s in zip(det_img, det_cat, det_box.tolist(), det_score)]
-    else:
-        results = []
-        bounds = np.searchsorted(det_img, np.arange(num_images + 1))
-        for i in range(num_images):
-            lo, hi = bounds[i], bounds[i + 1]
-            rles = mask_utils.frPyObjects([octagon(*b) for b in det_box[lo:hi].tolist()],
-                                          int(height[i]), int(width[i]))
-            for j, rle in zip(range(lo, hi), rles):
-                rle["counts"] = rle["counts"].decode("ascii")
-                results.append(dict(image_id=image_id[i], category_id=det_cat[j], segmentation=rle,
-                                    score=det_score[j]))
-    return dataset, results
+        results["bbox"] = det_box
+        return results
+    per_image = []  # as LTLVISEvaluator keeps masks: one RLEColumn per image, then joined
+    bounds = np.searchsorted(det_img, np.arange(len(height) + 1))
+    for i, box in enumerate(np.split(det_box, bounds[1:-1])):
+        rles = mask_utils.frPyObjects([octagon(*b) for b in box.tolist()],
+                                      int(height[i]), int(width[i]))
+        per_image.append(RLEColumn.from_counts([rle["counts"] for rle in rles],
+                                               np.tile([height[i], width[i]], (len(rles), 1))))
+    results["segmentation"] = RLEColumn.concatenate(per_image)
+    return results
+
+
+def _result_dicts(det_img, det_cat, det_box, det_score, height, width, segm):
+    num_images = len(height)
+    image_id = list(range(1, num_images + 1))  # one int object per image, as detectron2 makes
+    det_img, det_cat, det_score = det_img.tolist(), det_cat.tolist(), det_score.tolist()
+    if not segm:
+        return [dict(image_id=image_id[i], category_id=c, bbox=b, score=s)
+                for i, c, b, s in zip(det_img, det_cat, det_box.tolist(), det_score)]
+    results = []
+    bounds = np.searchsorted(det_img, np.arange(num_images + 1))
+    for i in range(num_images):
+        lo, hi = bounds[i], bounds[i + 1]
+        rles = mask_utils.frPyObjects([octagon(*b) for b in det_box[lo:hi].tolist()],
+                                      int(height[i]), int(width[i]))
+        for j, rle in zip(range(lo, hi), rles):
+            rle["counts"] = rle["counts"].decode("ascii")
+            results.append(dict(image_id=image_id[i], category_id=det_cat[j], segmentation=rle,
+                                score=det_score[j]))
+    return results
 
 
 def first_images(dataset, results, num_images):

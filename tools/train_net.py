@@ -14,9 +14,9 @@ from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from lt_d2.compat import check_num_processes, launch
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer, check_config, write_eval_metrics
+from lt_d2.engine.launch import check_num_processes, launch
 
 
 def setup(args):

@@ -13,13 +13,13 @@ regression, mask predictor) is dropped too, so stage two initialises it at its n
 import os
 import pickle
 import re
-import tempfile
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
-PREDICTOR = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?")
+from ..file_io import atomic_write
+
 CLASSIFIER = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?cls_score\.")
 LOSS_STATE = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?cls_loss\.")
 BOX_REGRESSION = re.compile(r"^roi_heads\.box_predictor\.(?:\d+\.)?bbox_pred\.")
@@ -169,23 +169,13 @@ def checkpoint_surgery(ckpt, method, num_classes=None):
 
 
 def save_checkpoint(ckpt, path, overwrite=False):
-    """Write ``ckpt`` to ``path`` atomically (a temporary file, then a rename).
+    """Write ``ckpt`` to ``path`` atomically (:func:`lt_d2.file_io.atomic_write`).
 
     Refuses to replace an existing file unless ``overwrite``; a failure leaves no partial file.
     """
     if os.path.exists(path) and not overwrite:
         raise SurgeryError(f"'{path}' exists; pass --overwrite (or choose another --out).")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".surgery-", suffix=".pth", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def default_output_path(ckpt_path, method):

@@ -1,2 +1,4 @@
 # Copyright (c) lt_d2 contributors.
-from .trainer import LTTrainer, check_config, check_num_classes, write_eval_metrics
+from .checks import check_config, check_num_classes
+from .metrics_json import write_eval_metrics
+from .trainer import LTTrainer

@@ -10,6 +10,7 @@ lt_d2's readers (``lt_d2.reproduce.pipeline.measured_metrics``) skip non-numbers
 """
 import json
 import math
+import os
 
 
 def finite_or_none(value):
@@ -51,3 +52,18 @@ def make_strict(json_writer):
     if not isinstance(json_writer._file_handle, _StrictJSONLines):
         json_writer._file_handle = _StrictJSONLines(json_writer._file_handle)
     return json_writer
+
+
+def write_eval_metrics(output_dir, results):
+    """Append evaluation results to ``output_dir/metrics.json`` as one line of flattened keys
+    ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there;
+    undefined (NaN) metrics are written as null (strict JSON)."""
+    from detectron2.evaluation.testing import flatten_results_dict
+    from detectron2.utils.file_io import PathManager
+
+    flat = {k: float(v) for k, v in flatten_results_dict(results).items()}
+    if not flat or not output_dir:
+        return
+    PathManager.mkdirs(output_dir)
+    with PathManager.open(os.path.join(output_dir, "metrics.json"), "a") as f:
+        f.write(strict_json_line({"eval_only": True, **flat}))

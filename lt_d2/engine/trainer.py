@@ -3,95 +3,32 @@
 import logging
 import os
 
-import torch
-from detectron2.data import (
-    DatasetMapper,
-    MetadataCatalog,
-    build_detection_test_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
-from ..config import is_multilabel, model_num_classes
+from ..config import is_multilabel
 from ..data import build_training_sampler, check_dataset_files
+from ..data import dataset_stats
 from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
 from ..data.stream import ResumableTrainLoader
 from ..evaluation import build_lt_evaluator
 from . import resume as exact_resume
 from .amp import use_cpu_amp
+from .checks import check_config, check_num_classes
 from .freeze import check_weights_fit, freeze_all_but, skip_frozen_losses
-from .metrics_json import make_strict, strict_json_line
+from .metrics_json import make_strict
+from .optimizer import with_full_model_clipping
 
 logger = logging.getLogger(__name__)
 
 
-def check_num_classes(cfg, dataset_name):
-    """Raise if the model's number of classes differs from the dataset's."""
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-    num_classes, key = model_num_classes(cfg)
-    if classes is not None and len(classes) != num_classes:
-        raise ValueError(
-            f"{key} is {num_classes} but dataset '{dataset_name}' has {len(classes)} classes. "
-            f"Set {key} {len(classes)} in the config or on the command line."
-        )
-
-
-def check_config(cfg, training=True):
-    """Fail early, with the fix, on settings that would only fail deep inside training.
-    ``training=False`` (``--eval-only``): the training sets need not exist, as the model reads
-    everything it needs at inference from its checkpoint."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA device is available. "
-            "Add `MODEL.DEVICE cpu` to the command line to run on the CPU."
-        )
-    for name in (list(cfg.DATASETS.TRAIN) if training else []) + list(cfg.DATASETS.TEST):
-        check_dataset_files(name)
-        multilabel_data = MetadataCatalog.get(name).get("evaluator_type", None) == "multilabel"
-        if multilabel_data != is_multilabel(cfg):
-            raise ValueError(
-                f"Dataset '{name}' is a {'multi-label classification' if multilabel_data else 'detection'}"
-                f" dataset but MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}. Use "
-                "MultiLabelClassifier with multi-label datasets (coco_mlt_*, voc_mlt_*, "
-                "ml_synthetic_*) and a detector with detection datasets."
-            )
-    if is_multilabel(cfg) and cfg.TEST.AUG.ENABLED:
-        raise ValueError("TEST.AUG (detection test-time augmentation) does not apply to "
-                         "MultiLabelClassifier; set TEST.AUG.ENABLED False.")
-
-
-def write_eval_metrics(output_dir, results):
-    """Append evaluation results to ``output_dir/metrics.json`` as one line of flattened keys
-    ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there;
-    undefined (NaN) metrics are written as null (strict JSON)."""
-    from detectron2.evaluation.testing import flatten_results_dict
-    from detectron2.utils.file_io import PathManager
-
-    flat = {k: float(v) for k, v in flatten_results_dict(results).items()}
-    if not flat or not output_dir:
-        return
-    PathManager.mkdirs(output_dir)
-    with PathManager.open(os.path.join(output_dir, "metrics.json"), "a") as f:
-        f.write(strict_json_line({"eval_only": True, **flat}))
-
-
-def with_full_model_clipping(optimizer, max_norm, norm_type=2.0):
-    """``optimizer`` whose ``step`` first scales all gradients so that their joint norm is at
-    most ``max_norm`` (torch's ``clip_grad_norm_`` over every parameter, as mmcv's grad_clip;
-    detectron2's "norm" clipping bounds each parameter's norm separately)."""
-    base = type(optimizer)
-
-    class FullModelClipped(base):
-        def step(self, closure=None):
-            params = [p for group in self.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-            return super().step(closure)
-
-    FullModelClipped.__name__ = f"FullModelClipped{base.__name__}"
-    optimizer.__class__ = FullModelClipped
-    return optimizer
+def train_stats_for_evaluation(cfg):
+    """The class statistics of ``cfg.DATASETS.TRAIN`` for the evaluators, or None (logged) when
+    they cannot be read: evaluation goes on without the scores that need them."""
+    return dataset_stats.train_class_stats(cfg, "no frequency-group scores or report.",
+                                           errors=(FileNotFoundError, ValueError))
 
 
 class LTTrainer(DefaultTrainer):
@@ -233,7 +170,8 @@ class LTTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        return build_lt_evaluator(cfg, dataset_name, output_folder)
+        return build_lt_evaluator(cfg, dataset_name, output_folder,
+                                  class_stats=lambda: train_stats_for_evaluation(cfg))
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
@@ -244,9 +182,8 @@ class LTTrainer(DefaultTrainer):
 
         logger.info("Running inference with test-time augmentation ...")
         model = GeneralizedRCNNWithTTA(cfg, model)
-        evaluators = [
-            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
-            for name in cfg.DATASETS.TEST
-        ]
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=output_folder)
+                      for name in cfg.DATASETS.TEST]
         res = cls.test(cfg, model, evaluators)
         return OrderedDict({k + "_TTA": v for k, v in res.items()})

@@ -31,9 +31,6 @@ from .longtail_report import group_aps, per_class_ap
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES = ("APfixed",) + tuple("APfixed_" + g for g in LVIS_FREQUENCIES)
-
-
 def _top_k_indices(scores, image_ids, positions, k):
     """Indices of the k best detections of one class: highest score first; among equal scores
     the smaller image id, then the earlier position within the image wins."""

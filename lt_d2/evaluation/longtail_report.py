@@ -10,18 +10,25 @@ loses its AP.
 * ``longtail_ap_vs_frequency_<task>.png``: AP against training image count (log scale).
 
 AP values are written in the units they are given in (``per_class_ap`` gives 0-1; pass
-``100 * per_class_ap(...)`` for detectron2's percent).
+``100 * per_class_ap(...)`` for detectron2's percent). :class:`LongTailReport` is the evaluator
+that writes them after an LVIS evaluation.
 """
 import csv
 import io
 import json
+import logging
 import math
 import os
 
 import numpy as np
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 
 from ..grouping import LVIS_FREQUENCIES, LVIS_FREQUENCY_NAMES, lvis_frequency_boundaries
 from ..file_io import atomic_write
+from .means import mean_of_defined
+
+logger = logging.getLogger(__name__)
 
 GROUP_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 
@@ -49,15 +56,9 @@ def group_aps(per_class, frequency):
     left out, and a group without any evaluated class is NaN."""
     per_class = np.asarray(per_class, dtype=np.float64)
     frequency = np.asarray(frequency)
-    evaluated = ~np.isnan(per_class)
-
-    def mean(mask):
-        mask = mask & evaluated
-        return float(per_class[mask].mean()) if mask.any() else float("nan")
-
-    result = {"AP": mean(np.ones(len(per_class), bool))}
+    result = {"AP": mean_of_defined(per_class)}
     for group in LVIS_FREQUENCIES:
-        result["AP" + group] = mean(frequency == group)
+        result["AP" + group] = mean_of_defined(per_class[frequency == group])
     return result
 
 
@@ -122,7 +123,7 @@ def write_longtail_report(output_dir, task, class_names, per_class_ap, image_cou
     which for LVIS-format data is the order of sorted category ids, as in the precision array):
     ``per_class_ap`` (K,) with NaN for classes without ground truth; ``image_count`` (K,)
     training images per class; ``frequency`` (K,) "r"/"c"/"f" (e.g. from
-    :func:`lt_d2.data.class_stats.get_class_stats`). Returns :func:`group_aps`'s dict.
+    :func:`lt_d2.data.get_class_stats`). Returns :func:`group_aps`'s dict.
     """
     per_class = np.asarray(per_class_ap, dtype=np.float64).reshape(-1)
     image_count = np.asarray(image_count).reshape(-1)
@@ -155,3 +156,46 @@ def write_longtail_report(output_dir, task, class_names, per_class_ap, image_cou
     _plot(os.path.join(output_dir, f"longtail_ap_vs_frequency_{task}.png"), task, per_class,
           image_count, frequency, groups)
     return groups
+
+
+class LongTailReport(DatasetEvaluator):
+    """Runs an LVIS evaluator, then writes the long-tail report of each of its tasks (per-class
+    AP with training image counts, AP per frequency group, AP-vs-frequency plot)."""
+
+    def __init__(self, lvis_evaluator, class_stats, output_dir):
+        self._inner = lvis_evaluator
+        self._stats = class_stats
+        self._output_dir = output_dir
+
+    def reset(self):
+        self._inner.reset()
+
+    def process(self, inputs, outputs):
+        self._inner.process(inputs, outputs)
+
+    def evaluate(self):
+        results = self._inner.evaluate()
+        if not comm.is_main_process():
+            return results
+        if not self._output_dir:
+            logger.info("No long-tail report: the evaluator has no output directory.")
+            return results
+        precisions = getattr(self._inner, "_last_precision", {})
+        if not results:  # (and _last_precision may be a previous evaluation's)
+            logger.warning("No long-tail report: nothing was evaluated (no images were "
+                           "processed, or the dataset has no ground truth).")
+            return results
+        for task in sorted(set(results) - set(precisions)):
+            logger.warning("No long-tail report for %s: no per-class AP was computed (the model "
+                           "made no detection, so every AP is undefined).", task)
+        names = self._inner._metadata.get("thing_classes", None)
+        for task, precision in precisions.items():
+            ap = 100 * per_class_ap(precision)  # percent, as the metrics detectron2 prints
+            if names is None or len(names) != len(ap) or len(self._stats.image_count) != len(ap):
+                logger.warning("No long-tail report for %s: %d classes evaluated, %s named, "
+                               "%d in the training statistics.", task, len(ap),
+                               None if names is None else len(names), len(self._stats.image_count))
+                continue
+            write_longtail_report(self._output_dir, task, names, ap, self._stats.image_count,
+                                  self._stats.frequency)
+        return results

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..grouping import LVIS_FREQUENCIES
 from . import lvis_fast_masks
-from .lvis_fast_accumulate import accumulate, summarize
+from .lvis_fast_accumulate import accumulate, lvis_summary
 from .lvis_fast_match import (AREA_RANGES, box_candidate_pairs, greedy_match,
                               mask_candidate_pairs)
 from .lvis_fast_polygons import ground_truth_masks
@@ -79,7 +79,7 @@ def evaluate_lvis(lvis_gt, results, iou_type="bbox", max_dets=300, use_mask_area
         pairs = with_gt[pair_det], pair_gt, pair_iou
     active, state = greedy_match(*pairs, det_group, gt["ignore"], gt["id"] == 0)
     precision, recall = accumulate(det, gt, active, state)
-    metrics = summarize(precision, recall, gt["freq_groups"])
+    metrics = lvis_summary(precision, recall, gt["freq_groups"])
     return metrics, precision
 
 

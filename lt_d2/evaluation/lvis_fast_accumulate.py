@@ -1,5 +1,6 @@
 # Copyright (c) lt_d2 contributors.
-"""``LVISEval.accumulate`` and ``summarize`` for :mod:`.lvis_fast`, all categories at once.
+"""``LVISEval.accumulate`` and ``summarize`` (:func:`lvis_summary`) for :mod:`.lvis_fast`, all
+categories at once.
 
 A loop over LVIS's 1,203 categories costs more than their arithmetic, so every category and
 every column (area range x IoU threshold) is processed in one pass. Three facts keep the result
@@ -25,6 +26,7 @@ import numpy as np
 from ..grouping import LVIS_FREQUENCIES
 from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, MATCHED,
                               MATCHED_ID0_IGNORED, MATCHED_IGNORED, RECALL_THRESHOLDS)
+from .means import lvis_mean
 
 _AREA_LO, _AREA_HI = np.array(AREA_RANGES, np.float64).T
 
@@ -35,10 +37,39 @@ def accumulate(det, gt, active, state):
     det, gt: the arrays of :mod:`.lvis_fast`; active, state: :func:`.greedy_match`'s answer,
     whose columns are area * T + threshold.
     """
-    num_thr, num_rec, num_areas = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES)
-    num_cats, num_cols = gt["num_cats"], num_areas * num_thr
+    num_thr, num_areas, num_cats = len(IOU_THRESHOLDS), len(AREA_RANGES), gt["num_cats"]
     num_gt = np.stack([np.bincount(gt["cat"][~gt["ignore"][:, a]], minlength=num_cats)
                        for a in range(num_areas)], 1)
+    cat, with_state, col_state, inside_count, not_fp_count, start_count = _running_counts(
+        det, num_cats, active, state)
+
+    # true positives, in (column, category, score order) order: runs of one (column, category)
+    column, j = np.divmod(np.flatnonzero(col_state == MATCHED), len(with_state))
+    pos = with_state[j]
+    k, a, t = cat[pos], column // num_thr, column % num_thr
+    run = column * num_cats + k
+    run_first = np.flatnonzero(np.diff(run, prepend=-1))
+    run_len = np.diff(np.r_[run_first, len(run)])
+    # the i-th true positive of a run has tp = i; lvis-api's float64 counts, same divisions
+    tp = (np.arange(len(run)) - np.repeat(run_first, run_len) + 1).astype(np.float64)
+    fp = inside_count[a, pos + 1] - not_fp_count[column, j + 1] - start_count[column, k]
+    fp = fp.astype(np.float64)
+    best = _reverse_running_max(tp / (fp + tp + np.spacing(1)), run_first, run_len)
+    precision = _precision_curves(best, tp / num_gt[k, a], (t, k, a), run_first, run_len, num_gt)
+
+    tp_total = np.zeros((num_areas, num_thr, num_cats))
+    tp_total[a[run_first], t[run_first], k[run_first]] = run_len
+    recall = np.where(num_gt > 0, tp_total.transpose(1, 2, 0) / np.maximum(num_gt, 1), -1.0)
+    return precision, recall
+
+
+def _running_counts(det, num_cats, active, state):
+    """The detections in lvis-api's order and running counts over them, from which the false
+    positives before any detection follow: (category of each, positions that have a match
+    state, their state per column [columns, with_state], detections inside each area range
+    [A, dets + 1] and not false positives per column [columns, with_state + 1] so far, and
+    both counts before each category's first detection [columns, K])."""
+    num_thr, num_areas = len(IOU_THRESHOLDS), len(AREA_RANGES)
     # det is sorted by (image, category, score rank, input order), so a stable sort on
     # (category, score rank) gives lvis-api's order: score ties go to the lower image id, then
     # to the input order
@@ -60,28 +91,23 @@ def accumulate(det, gt, active, state):
               | (col_state == MATCHED_ID0_IGNORED))
     not_fp_by_area = not_fp.reshape(num_areas, num_thr, -1)
     not_fp_by_area &= inside[:, None, with_state]
-    not_fp_count = np.zeros((num_cols, len(with_state) + 1), np.int32)
+    not_fp_count = np.zeros((num_areas * num_thr, len(with_state) + 1), np.int32)
     np.cumsum(not_fp, 1, dtype=np.int32, out=not_fp_count[:, 1:])
     # both counts before each category's first detection, per column: the counts are running
     # sums over all categories, so these are subtracted to restart them at each category
     start_count = (np.repeat(inside_count[:, cat_start], num_thr, 0)
                    - not_fp_count[:, np.searchsorted(with_state, cat_start)])
+    return cat, with_state, col_state, inside_count, not_fp_count, start_count
 
-    # true positives, in (column, category, score order) order: runs of one (column, category)
-    column, j = np.divmod(np.flatnonzero(col_state == MATCHED), len(with_state))
-    pos = with_state[j]
-    k, a, t = cat[pos], column // num_thr, column % num_thr
-    run = column * num_cats + k
-    run_first = np.flatnonzero(np.diff(run, prepend=-1))
-    run_len = np.diff(np.r_[run_first, len(run)])
-    # the i-th true positive of a run has tp = i; lvis-api's float64 counts, same divisions
-    tp = (np.arange(len(run)) - np.repeat(run_first, run_len) + 1).astype(np.float64)
-    fp = inside_count[a, pos + 1] - not_fp_count[column, j + 1] - start_count[column, k]
-    fp = fp.astype(np.float64)
-    best = _reverse_running_max(tp / (fp + tp + np.spacing(1)), run_first, run_len)
 
+def _precision_curves(best, recall, tka, run_first, run_len, num_gt):
+    """precision [T, R, K, A] from each true positive's interpolated precision ``best`` and
+    ``recall``, at (t, k, a) = ``tka``, in runs of one (threshold, area, category)."""
+    num_thr, num_rec, num_areas = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES)
+    num_cats = num_gt.shape[0]
+    t, k, a = tka
     # the recall thresholds a true positive is the first to reach: [lo, hi)
-    hi = np.searchsorted(RECALL_THRESHOLDS, tp / num_gt[k, a], side="right")
+    hi = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
     lo = np.r_[0, hi[:-1]]
     lo[run_first] = 0
     # Along r a curve is a falling staircase (best falls along a run), then 0s where recall stops
@@ -99,11 +125,7 @@ def accumulate(det, gt, active, state):
     precision.ravel()[at_r0[end] + hi[end] * r_stride] = 0.0
     for r in range(1, num_rec):
         np.minimum(precision[:, r - 1], precision[:, r], out=precision[:, r])
-
-    tp_total = np.zeros((num_areas, num_thr, num_cats))
-    tp_total[a[run_first], t[run_first], k[run_first]] = run_len
-    recall = np.where(num_gt > 0, tp_total.transpose(1, 2, 0) / np.maximum(num_gt, 1), -1.0)
-    return precision, recall
+    return precision
 
 
 def _reverse_running_max(values, run_first, run_len):
@@ -121,24 +143,19 @@ def _reverse_running_max(values, run_first, run_len):
     return out
 
 
-def summarize(precision, recall, freq_groups):
+def lvis_summary(precision, recall, freq_groups):
     """``LVISEval.summarize``. Each mean is np.mean of the same elements in the same order as
-    lvis-api's ``s[s > -1]`` (pairwise summation depends on the order); what differs is how they
-    are gathered: the "all" area range is copied once, contiguous, and the thresholds and
-    frequency groups are taken from that copy."""
-
-    def mean(s):
-        selected = s[s > -1]
-        return -1.0 if len(selected) == 0 else float(np.mean(selected))
-
+    lvis-api's ``s[s > -1]`` (:func:`.means.lvis_mean`); what differs is how they are gathered:
+    the "all" area range is copied once, contiguous, and the thresholds and frequency groups are
+    taken from that copy."""
     area_all = np.ascontiguousarray(precision[..., 0])  # [T, R, K]
-    metrics = OrderedDict(AP=mean(area_all))
+    metrics = OrderedDict(AP=lvis_mean(area_all))
     for name, iou_thr in (("AP50", 0.50), ("AP75", 0.75)):
-        metrics[name] = mean(area_all[iou_thr == IOU_THRESHOLDS])
+        metrics[name] = lvis_mean(area_all[iou_thr == IOU_THRESHOLDS])
     for a, area in enumerate(AREA_LABELS[1:], 1):
-        metrics["AP" + area[0]] = mean(precision[..., a])
+        metrics["AP" + area[0]] = lvis_mean(precision[..., a])
     for group, freq in zip(freq_groups, LVIS_FREQUENCIES):
-        metrics["AP" + freq] = mean(np.take(area_all, group, axis=2))
+        metrics["AP" + freq] = lvis_mean(np.take(area_all, group, axis=2))
     for a, area in enumerate(AREA_LABELS):
-        metrics["AR@300" if a == 0 else f"AR{area[0]}@300"] = mean(recall[:, :, a])
+        metrics["AR@300" if a == 0 else f"AR{area[0]}@300"] = lvis_mean(recall[:, :, a])
     return metrics

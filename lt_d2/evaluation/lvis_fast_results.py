@@ -49,9 +49,58 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
         with open(results) as f:
             results = json.load(f)
     columns = isinstance(results, Mapping)
+    image, cat, score = _image_category_score(results, columns, gt)
+    n = len(score)
+    rank, num_ranks = _score_rank(score)
+    # LVISResults decides box or mask areas from its first result after the cap
+    keep, first = _cap_per_image(image, rank, num_ranks, max_dets)
+    if columns:
+        box_area = n and not use_mask_area and "bbox" in results
+    else:
+        box_area = n and not given_area and not use_mask_area and "bbox" in results[first]
+    need_box = iou_type == "bbox" or box_area
+    need_rle = iou_type == "segm" or not (box_area or given_area)
+    image, cat, rank = image[keep], cat[keep], rank[keep]
+    group = image * gt["num_cats"] + cat
+    # federated filtering first: masks are converted and measured only where they can count
+    # (boxes of every result are still read, for the NaN check)
+    eligible = np.isin(group, gt["present"]) | np.isin(group, gt["negative"])
+    rows = np.flatnonzero(eligible)  # masks: compressed RLEs of these rows only
+    box, masks, sub = _geometry(results, columns, keep, rows, gt["image_ids"][image], gt["hw"],
+                                need_box, need_rle, box_area)
+    if need_rle and lvis_fast_masks.AVAILABLE:  # parsed once, for the areas and the IoUs
+        masks = ParsedMasks(masks)
+    if given_area:
+        area = np.fromiter((r["area"] for r in sub), np.float64, len(sub))
+    elif box_area:
+        area = box[:, 2] * box[:, 3]
+    else:  # 0 (dropped) where not eligible
+        area = np.zeros(len(keep))
+        area[rows] = _mask_areas(masks)
+    del sub
+
+    evaluated = (area > 0) & (area < np.inf) & eligible
+    order = np.flatnonzero(evaluated)
+    order = order[_stable_order(group[order], rank[order], num_ranks)]
+    det = dict(image=image[order], cat=cat[order], score_rank=rank[order], num_ranks=num_ranks,
+               area=area[order], not_exhaustive=np.isin(group[order], gt["not_exhaustive"]))
+    if iou_type == "bbox":
+        det["box"] = box[order]
+        return det
+    mask_row = np.full(len(keep), -1, np.int64)
+    mask_row[rows] = np.arange(len(rows))
+    if lvis_fast_masks.AVAILABLE:
+        det["masks"], det["mask_row"] = masks, mask_row[order]
+    else:
+        det["rle"] = [masks[i] for i in mask_row[order].tolist()]
+    return det
+
+
+def _image_category_score(results, columns, gt):
+    """(image index, category index, score) of each result; indices into the dataset's sorted
+    image and category ids, which the results' ids must be among."""
     if columns:
         raw_image, raw_cat, score = _check_columns(results)
-        n = len(score)
     else:
         n = len(results)
         try:
@@ -61,7 +110,7 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
         except KeyError as e:
             raise ValueError(f"every result needs image_id, category_id and score; missing {e}"
                              ) from None
-    image_ids, num_cats = gt["image_ids"], gt["num_cats"]
+    image_ids = gt["image_ids"]
     image = np.searchsorted(image_ids, raw_image).clip(0, len(image_ids) - 1)
     unknown = image_ids[image] != raw_image
     if unknown.any():
@@ -73,11 +122,14 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
         raise _bad_input("a category_id that is not in the dataset", np.unique(raw_cat[unknown]))
     if np.isnan(score).any():
         raise _bad_input("a NaN score", np.flatnonzero(np.isnan(score)))
-    del raw_image, raw_cat
+    return image, cat, score
 
-    keep = np.arange(n)
-    first = 0  # LVISResults decides box or mask areas from its first result after the cap
-    rank, num_ranks = _score_rank(score)
+
+def _cap_per_image(image, rank, num_ranks, max_dets):
+    """LVISResults' cap of ``max_dets`` (< 0: none) top-scoring results per image, ties in
+    input order: (the kept results' indices in input order, the index of the first of them)."""
+    n = len(image)
+    keep, first = np.arange(n), 0
     if max_dets >= 0 and n and np.bincount(image).max() > max_dets:
         by_image = _stable_order(image, rank, num_ranks)
         sorted_image = image[by_image]
@@ -85,89 +137,68 @@ def detections(results, gt, iou_type, max_dets, use_mask_area):
         keep = np.sort(by_image[position < max_dets])
         if np.count_nonzero(image == image[0]) > max_dets:
             first = by_image[np.searchsorted(sorted_image, image[0])]
+    return keep, first
+
+
+def _geometry(results, columns, keep, rows, image_id, hw, need_box, need_rle, box_area):
+    """(boxes of the kept results, checked for NaN, when needed; the masks of keep[rows] as an
+    :class:`RLEColumn` when needed; the kept result dicts, None for columns)."""
     if columns:
-        box_area = n and not use_mask_area and "bbox" in results
+        box, masks = _column_geometry(results, keep, image_id, hw, need_rle, rows)
+        sub = None
     else:
-        box_area = n and not given_area and not use_mask_area and "bbox" in results[first]
-    need_box = iou_type == "bbox" or box_area
-    need_rle = iou_type == "segm" or not (box_area or given_area)
-    image, cat, rank = image[keep], cat[keep], rank[keep]
-    group = image * num_cats + cat
-    # federated filtering first: masks are converted and measured only where they can count
-    # (boxes of every result are still read, for the NaN check)
-    eligible = np.isin(group, gt["present"]) | np.isin(group, gt["negative"])
-    rows = np.flatnonzero(eligible)  # masks: compressed RLEs of these rows only
-    if columns:
-        box, masks = _column_geometry(results, keep, image_ids[image], gt["hw"], need_rle, rows)
-        sub = ()
-    else:
-        sub = results if len(keep) == n else [results[i] for i in keep.tolist()]
-    if need_rle and not columns:
-        picked = list(map(sub.__getitem__, rows.tolist()))
-        try:  # as given: made compressed RLEs below if need be
-            masks = [r["segmentation"] for r in picked]
-        except KeyError:  # a box stands for a missing mask, as in LVISResults
-            hw = gt["hw"]
-            try:
-                masks = [r["segmentation"] if "segmentation" in r
-                         else to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]])
-                         for r in picked]
-            except KeyError as e:
-                raise ValueError(f"segm results need a segmentation (or bbox); missing {e}"
-                                 ) from None
+        sub = results if len(keep) == len(results) else [results[i] for i in keep.tolist()]
+        box = None
+        masks = _dict_masks(list(map(sub.__getitem__, rows.tolist())), hw) if need_rle else None
     if need_rle:  # converted once: for the boxes of mask-only results, the areas and the IoUs
-        masks = _compressed_rles(masks, image_ids[image[rows]], gt["hw"])
+        masks = _compressed_rles(masks, image_id[rows], hw)
     if need_box and columns and box is None:
         # mask-only results get their mask's box, as LVISResults gives them
         box = np.zeros((len(keep), 4))
         if len(masks):
             box[rows] = mask_utils.toBbox(list(masks))
     if need_box and not columns:
-        try:
-            box = np.fromiter(itertools.chain.from_iterable(map(itemgetter("bbox"), sub)),
-                              np.float64, 4 * len(sub)).reshape(-1, 4)
-        except KeyError:
-            if box_area:
-                raise ValueError("some results lack a bbox while the first has one") from None
-            # mask-only results get their mask's box, as in LVISResults (masks exist here)
-            mask_of = dict(zip(rows.tolist(), range(len(rows))))
-            box = np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(masks[mask_of[i]])
-                            if i in mask_of else _NO_BOX for i, r in enumerate(sub)],
-                           np.float64).reshape(-1, 4)
-    if need_box:
-        if np.isnan(box).any():
-            raise _bad_input("a NaN in bbox", np.flatnonzero(np.isnan(box).any(1)))
-    if given_area:
-        area = np.fromiter((r["area"] for r in sub), np.float64, len(sub))
-    elif box_area:
-        area = box[:, 2] * box[:, 3]
-    if need_rle:
-        mask_row = np.full(len(keep), -1, np.int64)
-        mask_row[rows] = np.arange(len(rows))
-        if lvis_fast_masks.AVAILABLE:  # parsed once, for the areas and the IoUs
-            masks = ParsedMasks(masks)
-    if not (given_area or box_area):  # 0 (dropped) where not eligible
-        area = np.zeros(len(keep))
-        if lvis_fast_masks.AVAILABLE:
-            area[rows] = masks.area
-        else:
-            # pycocotools' area() overflows a uint8 count beyond 255 masks (numpy 2)
-            area[rows] = np.concatenate([np.zeros(0)] + [mask_utils.area(list(masks[i:i + 255]))
-                                                         for i in range(0, len(masks), 255)])
-    del sub
+        box = _dict_boxes(sub, masks, rows, box_area)
+    if need_box and np.isnan(box).any():
+        raise _bad_input("a NaN in bbox", np.flatnonzero(np.isnan(box).any(1)))
+    return box, masks, sub
 
-    evaluated = (area > 0) & (area < np.inf) & eligible
-    order = np.flatnonzero(evaluated)
-    order = order[_stable_order(group[order], rank[order], num_ranks)]
-    det = dict(image=image[order], cat=cat[order], score_rank=rank[order], num_ranks=num_ranks,
-               area=area[order], not_exhaustive=np.isin(group[order], gt["not_exhaustive"]))
-    if iou_type == "bbox":
-        det["box"] = box[order]
-    elif lvis_fast_masks.AVAILABLE:
-        det["masks"], det["mask_row"] = masks, mask_row[order]
-    else:
-        det["rle"] = [masks[i] for i in mask_row[order].tolist()]
-    return det
+
+def _dict_masks(picked, hw):
+    """The segmentations of the result dicts ``picked`` as given (made compressed RLEs later);
+    a box stands for a missing mask, as in LVISResults."""
+    try:
+        return [r["segmentation"] for r in picked]
+    except KeyError:
+        pass
+    try:
+        return [r["segmentation"] if "segmentation" in r
+                else to_rle([_box_polygon(r["bbox"])], *hw[r["image_id"]]) for r in picked]
+    except KeyError as e:
+        raise ValueError(f"segm results need a segmentation (or bbox); missing {e}") from None
+
+
+def _dict_boxes(sub, masks, rows, box_area):
+    """(len(sub), 4) boxes of the result dicts ``sub``; ``masks``: those of sub[rows]."""
+    try:
+        return np.fromiter(itertools.chain.from_iterable(map(itemgetter("bbox"), sub)),
+                           np.float64, 4 * len(sub)).reshape(-1, 4)
+    except KeyError:
+        if box_area:
+            raise ValueError("some results lack a bbox while the first has one") from None
+    # mask-only results get their mask's box, as in LVISResults (masks exist here)
+    mask_of = dict(zip(rows.tolist(), range(len(rows))))
+    return np.array([r["bbox"] if "bbox" in r else mask_utils.toBbox(masks[mask_of[i]])
+                     if i in mask_of else _NO_BOX for i, r in enumerate(sub)],
+                    np.float64).reshape(-1, 4)
+
+
+def _mask_areas(masks):
+    if lvis_fast_masks.AVAILABLE:
+        return masks.area  # ParsedMasks
+    # pycocotools' area() overflows a uint8 count beyond 255 masks (numpy 2)
+    return np.concatenate([np.zeros(0)] + [mask_utils.area(list(masks[i:i + 255]))
+                                           for i in range(0, len(masks), 255)])
 
 
 def columnar_results(results):

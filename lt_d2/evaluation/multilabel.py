@@ -20,15 +20,17 @@ from tabulate import tabulate
 
 from ..grouping import SPLIT_HEAD_MIN_IMAGES, SPLIT_TAIL_BELOW_IMAGES, head_medium_tail
 from .distributed import gather_predictions
+from .means import mean_of_defined
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MultiLabelEvaluator", "average_precision", "multilabel_scores"]
+__all__ = ["MultiLabelEvaluator", "stepwise_average_precision", "multilabel_scores"]
 
 
-
-def average_precision(scores, targets):
-    """AP of one class: ``scores`` (N,) and 0/1 ``targets`` (N,). NaN without positives."""
+def stepwise_average_precision(scores, targets):
+    """AP of one class, the sum of recall steps x precision (no interpolation, as scikit-learn's
+    ``average_precision_score``): ``scores`` (N,) and 0/1 ``targets`` (N,). NaN without
+    positives."""
     scores, targets = np.asarray(scores, np.float64), np.asarray(targets) > 0
     num_pos = targets.sum()
     if num_pos == 0:
@@ -56,18 +58,13 @@ def multilabel_scores(scores, targets, class_image_count=None, head=SPLIT_HEAD_M
     scores, targets = np.asarray(scores), np.asarray(targets)
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be (N, K).")
-    ap = np.array([average_precision(scores[:, k], targets[:, k])
+    ap = np.array([stepwise_average_precision(scores[:, k], targets[:, k])
                    for k in range(scores.shape[1])]) * 100
-    results = OrderedDict(mAP=_nanmean(ap))
+    results = OrderedDict(mAP=mean_of_defined(ap))
     if class_image_count is not None:
         for group, idx in head_medium_tail(class_image_count, head=head, tail=tail).items():
-            results[f"mAP_{group}"] = _nanmean(ap[np.asarray(idx, dtype=np.int64)])
+            results[f"mAP_{group}"] = mean_of_defined(ap[np.asarray(idx, dtype=np.int64)])
     return results, ap
-
-
-def _nanmean(values):
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if len(values) else float("nan")
 
 
 class MultiLabelEvaluator(DatasetEvaluator):

@@ -33,12 +33,12 @@ from tabulate import tabulate
 
 from ..grouping import OPENIMAGES_NUM_QUANTILES, count_quantiles
 from .distributed import gather_predictions
+from .means import mean_of_defined
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OpenImagesEvaluator", "evaluate_openimages", "load_openimages_groundtruth",
-           "tp_fp_single_class", "average_precision", "write_submission_csv"]
-
+           "tp_fp_single_class", "interpolated_average_precision", "write_submission_csv"]
 
 
 def _intersection(a, b):
@@ -77,8 +77,9 @@ def tp_fp_single_class(det_boxes, det_scores, gt_boxes, gt_group_of, iou_thresh=
             np.concatenate([is_tp[~in_group], np.ones(group_hit.sum(), bool)]))
 
 
-def average_precision(scores, is_tp, num_gt):
-    """AP of one class; NaN without ground truth, 0 without detections."""
+def interpolated_average_precision(scores, is_tp, num_gt):
+    """AP of one class, the area under the precision-recall curve with precision made monotone
+    (VOC / Open Images style); NaN without ground truth, 0 without detections."""
     if num_gt == 0:
         return float("nan")
     if len(scores) == 0:
@@ -161,12 +162,12 @@ def evaluate_openimages(gt_images, predictions, num_classes, ancestors=None,
             scores[k].append(s)
             is_tp[k].append(t)
     return np.array([
-        average_precision(np.concatenate(scores[k]) if scores[k] else np.zeros(0),
+        interpolated_average_precision(np.concatenate(scores[k]) if scores[k] else np.zeros(0),
                           np.concatenate(is_tp[k]) if is_tp[k] else np.zeros(0, bool), num_gt[k])
         for k in range(num_classes)])
 
 
-def class_quantiles(categories, gt_images=None):
+def category_quintiles(categories, gt_images=None):
     """Frequency quintile (1..5) per class: the json's ``frequency_quintile`` when every category
     has one, else computed from ``instance_count`` or the ground truth (with a warning: these
     are the evaluation split's counts, not the training set's)."""
@@ -181,17 +182,13 @@ def class_quantiles(categories, gt_images=None):
     return count_quantiles(counts)
 
 
-def summarize(ap, groups):
-    """``{"mAP": ..., "AP1": ..., "AP5": ...}`` in percent (NaN where a group has no AP)."""
+def openimages_summary(ap, groups):
+    """``{"mAP": ..., "AP1": ..., "AP5": ...}`` in percent (NaN where a group has no AP) from
+    per-class AP (0-1, NaN: no ground truth) and each class's quintile ``groups``."""
     ap = np.asarray(ap, np.float64)
-
-    def mean(values):
-        values = values[~np.isnan(values)]
-        return float(values.mean() * 100) if len(values) else float("nan")
-
-    results = OrderedDict(mAP=mean(ap))
+    results = OrderedDict(mAP=mean_of_defined(ap) * 100)
     for g in range(1, OPENIMAGES_NUM_QUANTILES + 1):
-        results[f"AP{g}"] = mean(ap[np.asarray(groups) == g])
+        results[f"AP{g}"] = mean_of_defined(ap[np.asarray(groups) == g]) * 100
     return results
 
 
@@ -278,8 +275,8 @@ class OpenImagesEvaluator(DatasetEvaluator):
                                  f"classes, {self._json_file} {len(categories)}.")
             groups = count_quantiles(self._train_instance_count)
         else:
-            groups = class_quantiles(categories, gt_images)
-        results = summarize(ap, groups)
+            groups = category_quintiles(categories, gt_images)
+        results = openimages_summary(ap, groups)
         logger.info("Open Images AP@0.5 on %s (AP1 = rarest fifth of the classes):\n%s",
                     self._dataset_name, tabulate([list(results.values())],
                                                  headers=list(results), floatfmt=".2f"))
