@@ -27,7 +27,10 @@ class LTClassificationLoss(nn.Module):
       (R, num_logits) logits and (R,) labels in [0, K], K = background;
     * ``probs(logits)``: (R, K+1) per-class scores with the background last, used at inference
       and averaged over Cascade stages;
-    * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses).
+    * ``prior_prob``: if not None, the classifier bias starts at log(p / (1 - p)) (sigmoid losses);
+    * ``scores_have_background``: True if ``probs`` gives a real background probability (softmax
+      CE, Seesaw, BAGS, FCBL), False if the background column is an appended zero or carries no
+      probability to renormalise with (what ``TEST.LT.CALIBRATION`` needs).
 
     Mixed precision: calling a loss casts the logits to float32 and turns autocast off around
     ``forward``, so the loss math and the state buffers (always float32) are those of the
@@ -36,6 +39,7 @@ class LTClassificationLoss(nn.Module):
     """
 
     prior_prob = None
+    scores_have_background = False
 
     @configurable
     def __init__(self, num_classes):
@@ -88,14 +92,15 @@ def set_train_stats_source(source):
     _train_stats_source = source
 
 
-def default_class_stats(cfg):
+def default_class_stats(cfg, consequence="training with this loss will fail."):
     """A callable that returns the training statistics of ``cfg`` (or None) when called, and
-    only then: losses that need none never read the training annotations."""
+    only then: losses that need none never read the training annotations. ``consequence``:
+    what the warning says goes without them."""
 
     def class_stats():
         if _train_stats_source is None:
             return None
-        return _train_stats_source(cfg, "training with this loss will fail.")
+        return _train_stats_source(cfg, consequence)
 
     return class_stats
 

@@ -12,5 +12,7 @@ class SoftmaxCE(LTClassificationLoss):
     ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``; identical to detectron2's loss_cls.
     """
 
+    scores_have_background = True  # (TEST.LT.CALIBRATION applies)
+
     def forward(self, logits, gt_classes):
         return cross_entropy(logits, gt_classes, reduction="mean")
