@@ -18,7 +18,8 @@ from detectron2.structures import Boxes, Instances
 from lt_d2.config import add_lt_config
 from lt_d2.modeling import LTCascadeROIHeads, LTFastRCNNOutputLayers, roi_heads as lt_roi_heads
 from lt_d2.modeling.calibration import (ScoreCalibration, build_score_calibration,
-                                        calibrate_probs, calibration_weights, losses_with_background)
+                                        calibrate_probs, calibration_weights,
+                                        losses_with_background)
 from lt_d2.modeling.losses import CLS_LOSS_REGISTRY, build_cls_loss
 
 from .conftest import REPO, copypaste_metrics, run_train_net, tiny_opts
@@ -277,3 +278,14 @@ def test_tune_calibration_refuses_a_sigmoid_model(tiny_root, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "SigmoidCE" in proc.stderr and "It applies to: FCBLoss" in proc.stderr
+
+
+def test_a_subset_of_images_is_scored_against_its_own_ground_truth():
+    from lt_d2.evaluation.calibration_sweep import restrict_to_images
+
+    gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1}],
+          "annotations": [{"id": 1, "image_id": 1}, {"id": 2, "image_id": 2}]}
+    assert restrict_to_images(gt, [1, 2]) is gt
+    sub = restrict_to_images(gt, [2])
+    assert sub["images"] == [{"id": 2}] and sub["annotations"] == [{"id": 2, "image_id": 2}]
+    assert sub["categories"] == gt["categories"] and len(gt["images"]) == 2

@@ -16,6 +16,7 @@ a value chosen on the evaluation set itself is an optimistic estimate of its eff
 """
 import argparse
 import logging
+import re
 import sys
 import time
 
@@ -37,6 +38,7 @@ DEFAULT_VALUES = {
     "logit_adjust": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5],
 }
 METRICS = ("AP", "APr", "APc", "APf", "AP50", "AP75")
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # MODEL.WEIGHTS, TEST.LT.X, ...
 
 
 def parse_args(argv=None):
@@ -51,7 +53,12 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", help="dataset to tune on (default DATASETS.TEST[0])")
     parser.add_argument("--max-images", type=int, help="use the first N images only")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the overrides start at the first config key, so that --values may come right before them
+    first_key = next((i for i, a in enumerate(argv) if CONFIG_KEY.match(a)), len(argv))
+    args = parser.parse_args(argv[:first_key])
+    args.opts = args.opts + argv[first_key:]
+    return args
 
 
 def setup(args):
@@ -78,8 +85,7 @@ def describe_split(cfg, dataset):
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="lt_d2")
-    setup_logger(name="detectron2", abbrev_name="d2")
-    logging.getLogger("d2").setLevel(logging.WARNING)
+    setup_logger(name="detectron2", abbrev_name="d2").setLevel(logging.WARNING)  # no model dump
     cfg, count = setup(args)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     values = args.values if args.values is not None else DEFAULT_VALUES[args.method]
@@ -104,7 +110,7 @@ def main(argv=None):
     value, metrics = best_row(rows, args.metric)
     key = "GAMMA" if args.method == "norcal" else "TAU"
     print(f"Best by {args.metric}: {value:g} ({args.metric} {metrics[args.metric]:.2f}). Use: "
-          f"TEST.LT.CALIBRATION.METHOD {args.method} TEST.LT.CALIBRATION.{key} {value:g}"
+          f"TEST.LT.CALIBRATION.METHOD {args.method} TEST.LT.CALIBRATION.{key} {float(value)}"
           f" TEST.LT.CALIBRATION.COUNT {count}")
     return rows
 

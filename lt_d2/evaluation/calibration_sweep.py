@@ -135,13 +135,23 @@ def lvis_box_metrics(dataset_name, records, per_image, gt_dataset=None, max_dets
     return {metric: float(metrics[metric] * 100) for metric in REPORTED_METRICS}
 
 
+def restrict_to_images(gt_dataset, image_ids):
+    """The LVIS json dict with only ``image_ids`` and their annotations (a ``max_images``
+    subset is scored against its own ground truth, not the whole set's)."""
+    keep = set(image_ids)
+    if keep >= {img["id"] for img in gt_dataset["images"]}:
+        return gt_dataset
+    return dict(gt_dataset, images=[img for img in gt_dataset["images"] if img["id"] in keep],
+                annotations=[a for a in gt_dataset["annotations"] if a["image_id"] in keep])
+
+
 def sweep_calibration(records, params, dataset_name, method, counts, values):
     """[(value, metrics)] for each exponent in ``values`` of calibration ``method`` with the
     training ``counts`` (K,), evaluated on the cached ``records`` of ``dataset_name``."""
     import json
 
     with open(MetadataCatalog.get(dataset_name).json_file) as f:
-        gt_dataset = json.load(f)  # parsed once for all values
+        gt_dataset = restrict_to_images(json.load(f), [r["image_id"] for r in records])
     rows = []
     for value in values:
         start = time.perf_counter()
