@@ -260,6 +260,21 @@ def add_lt_test_config(cfg):
     # Write the long-tail report (per-class AP joined with training image counts, AP per
     # frequency group, PNG plot of AP against training frequency) after every evaluation.
     cfg.TEST.LT.REPORT = True
+    # Post-hoc score calibration at inference (lt_d2/modeling/calibration.py): foreground scores
+    # reweighed per class by the training counts and renormalised with the background score,
+    # before the score threshold, NMS and the per-image cap. Training is unchanged.
+    cfg.TEST.LT.CALIBRATION = CN()
+    # "none", "norcal" (scores * N_c^-GAMMA, Pan et al. 2021) or "logit_adjust" (logits minus
+    # TAU * log(N_c / N), Menon et al. 2021). Needs a loss with a background score (softmax CE,
+    # Seesaw, BAGS, FCBL) and the class statistics of DATASETS.TRAIN.
+    cfg.TEST.LT.CALIBRATION.METHOD = "none"
+    # NorCal's exponent; tune it per model with tools/tune_calibration.py.
+    cfg.TEST.LT.CALIBRATION.GAMMA = 0.6
+    # Logit adjustment's temperature.
+    cfg.TEST.LT.CALIBRATION.TAU = 1.0
+    # What N_c counts: "image" (training images with class c, NorCal's official code) or
+    # "instance" (training instances of class c).
+    cfg.TEST.LT.CALIBRATION.COUNT = "image"
 
 
 def model_num_classes(cfg):

@@ -17,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer, check_config, write_eval_metrics
 from lt_d2.engine.launch import check_num_processes, launch
+from lt_d2.modeling.calibration import calibration_record
 
 
 def setup(args):
@@ -43,7 +44,7 @@ def main(args):
             res.update(LTTrainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
-            write_eval_metrics(cfg.OUTPUT_DIR, res)
+            write_eval_metrics(cfg.OUTPUT_DIR, res, calibration_record(cfg))
         return res
 
     trainer = LTTrainer(cfg)

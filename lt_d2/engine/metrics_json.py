@@ -54,10 +54,11 @@ def make_strict(json_writer):
     return json_writer
 
 
-def write_eval_metrics(output_dir, results):
+def write_eval_metrics(output_dir, results, calibration=None):
     """Append evaluation results to ``output_dir/metrics.json`` as one line of flattened keys
     ("multilabel/mAP", "bbox/APr", ...), the format of the metrics training writes there;
-    undefined (NaN) metrics are written as null (strict JSON)."""
+    undefined (NaN) metrics are written as null (strict JSON). ``calibration``: the score
+    calibration the results were made with (a dict, written under "calibration"), if any."""
     from detectron2.evaluation.testing import flatten_results_dict
     from detectron2.utils.file_io import PathManager
 
@@ -66,4 +67,5 @@ def write_eval_metrics(output_dir, results):
         return
     PathManager.mkdirs(output_dir)
     with PathManager.open(os.path.join(output_dir, "metrics.json"), "a") as f:
-        f.write(strict_json_line({"eval_only": True, **flat}))
+        extra = {"calibration": calibration} if calibration else {}
+        f.write(strict_json_line({"eval_only": True, **extra, **flat}))

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
-from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
+from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats, fast_rcnn_inference
 from detectron2.structures import Instances
 from torch import nn
 
+from .calibration import build_score_calibration
 from .losses import SoftmaxCELoss, build_cls_loss
 from .losses.utils import upcast
 
@@ -85,6 +86,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_loss (LTClassificationLoss or None): None means softmax cross-entropy.
         classifier (str): "linear", "cosine" or "lws" (learnable per-class weight scales).
         cosine_scale (float): the cosine temperature.
+        score_calibration (nn.Module or None): applied to the (R, K+1) scores of each image at
+            inference, before the score threshold, NMS and the per-image cap
+            (:class:`~lt_d2.modeling.calibration.ScoreCalibration`, ``TEST.LT.CALIBRATION``).
         Other arguments: those of ``FastRCNNOutputLayers``.
 
     Attributes:
@@ -97,9 +101,11 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
     (softmax CE, the default); with another loss scripting raises an error that says so.
     """
 
+    calibrated: torch.jit.Final[bool]
+
     @configurable
     def __init__(self, input_shape, *, cls_loss=None, classifier="linear", cosine_scale=20.0,
-                 **kwargs):
+                 score_calibration=None, **kwargs):
         super().__init__(input_shape, **kwargs)
         if cls_loss is None:
             cls_loss = SoftmaxCELoss(num_classes=self.num_classes)
@@ -112,6 +118,9 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
                 classifier, self.cls_score.in_features, self.cls_loss.num_logits, cosine_scale)
         self.cls_loss.init_classifier_(self.cls_score)
         self.box_reg_loss_on = True
+        # always a module (TorchScript compiles the branch); applied only if ``calibrated``
+        self.calibrated = score_calibration is not None
+        self.score_calibration = score_calibration if self.calibrated else nn.Identity()
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -125,6 +134,7 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["cls_loss"] = build_cls_loss(cfg, ret["num_classes"])
         ret["classifier"] = cfg.MODEL.LT.CLASSIFIER
         ret["cosine_scale"] = cfg.MODEL.LT.COSINE_SCALE
+        ret["score_calibration"] = build_score_calibration(cfg, ret["cls_loss"])
         return ret
 
     def losses(self, predictions, proposals, extra_classification=None):
@@ -174,6 +184,22 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         # __len__, not len(): a traced graph keeps the sizes symbolic (len() makes them ints)
         num_inst_per_image = [p.__len__() for p in proposals]
         return self.cls_loss.probs(scores).split(num_inst_per_image, dim=0)
+
+    def calibrate_scores(self, scores: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Per-image (R_i, K+1) scores after ``score_calibration`` (unchanged without one)."""
+        if not self.calibrated:
+            return scores
+        return [self.score_calibration(s) for s in scores]
+
+    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor],
+                  proposals: List[Instances]):
+        """detectron2's inference, with the scores calibrated before the score threshold, NMS
+        and the per-image cap."""
+        boxes = self.predict_boxes(predictions, proposals)
+        scores = self.calibrate_scores(self.predict_probs(predictions, proposals))
+        image_shapes = [x.image_size for x in proposals]
+        return fast_rcnn_inference(boxes, scores, image_shapes, self.test_score_thresh,
+                                   self.test_nms_thresh, self.test_topk_per_image)
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script``: refuse, with the reason, a loss whose scores

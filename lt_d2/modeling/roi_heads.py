@@ -147,7 +147,8 @@ class LTCascadeROIHeads(MaskLossSwitch, CascadeROIHeads):
         test_score (str): "mean_probs" (detectron2: the mean over stages of each stage
             predictor's scores) or "mean_logits" (the ACSL official code, i.e. mmdetection's
             Cascade R-CNN: the last stage's loss turns the stage-averaged logits into scores).
-            Boxes are the last stage's in both.
+            Boxes are the last stage's in both. The last stage's predictor calibrates the
+            combined scores (``TEST.LT.CALIBRATION``).
         scale_feature_gradient (bool): True (detectron2): the gradient each stage sends into the
             pooled features is scaled by 1 / #stages; False: unscaled (mmdetection).
         Other arguments: those of ``CascadeROIHeads``.
@@ -203,9 +204,9 @@ class LTCascadeROIHeads(MaskLossSwitch, CascadeROIHeads):
             # detectron2 names every loss of stage k "<name>_stage{k}"
             return {name: loss * self.stage_loss_weights[int(name.rsplit("_stage", 1)[1])]
                     for name, loss in losses.items()}
-        if self.test_score == "mean_probs":
+        if self.test_score == "mean_probs" and not self.box_predictor[-1].calibrated:
             return super()._forward_box(features, proposals)
-        return self._inference_mean_logits(features, proposals)
+        return self._inference_combined(features, proposals)
 
     def _forward_mask(self, features, instances):
         if self.training and not self.mask_loss_on:
@@ -218,24 +219,32 @@ class LTCascadeROIHeads(MaskLossSwitch, CascadeROIHeads):
         box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
         return self.box_predictor[stage](self.box_head[stage](box_features))
 
-    def _inference_mean_logits(self, features, proposals):
-        """detectron2's cascade inference, scored by the last stage's loss on the mean logits.
+    def _inference_combined(self, features, proposals):
+        """detectron2's cascade inference, with the stages' scores combined as ``test_score``
+        says and then calibrated by the last stage's predictor.
 
-        The stage loop is detectron2's: the scores are combined inside
-        ``CascadeROIHeads._forward_box``, after the point where the logits are still at hand.
+        The stage loop is detectron2's: it combines the scores inside
+        ``CascadeROIHeads._forward_box``, past the point where the logits are still at hand and
+        where the combined scores could be calibrated.
         """
         features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        stage_logits = []
+        stages = []
         for k in range(self.num_cascade_stages):
             if k > 0:
                 proposals = self._create_proposals_from_boxes(boxes, image_sizes)
             predictions = self._run_stage(features, proposals, k)
             boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
-            stage_logits.append(predictions[0])
+            stages.append((self.box_predictor[k], predictions, proposals))
         predictor = self.box_predictor[-1]
-        logits = sum(stage_logits) / self.num_cascade_stages
-        scores = predictor.predict_probs((logits, predictions[1]), proposals)
+        if self.test_score == "mean_logits":
+            logits = sum(p[0] for _, p, _ in stages) / self.num_cascade_stages
+            scores = predictor.predict_probs((logits, predictions[1]), proposals)
+        else:  # detectron2's arithmetic
+            per_stage = [head.predict_probs(p, props) for head, p, props in stages]
+            scores = [sum(list(per_image)) * (1.0 / self.num_cascade_stages)
+                      for per_image in zip(*per_stage)]
+        scores = predictor.calibrate_scores(scores)
         pred_instances, _ = fast_rcnn_inference(
             boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
             predictor.test_topk_per_image)

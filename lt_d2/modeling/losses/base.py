@@ -110,14 +110,15 @@ def set_train_stats_source(source):
     _train_stats_source = source
 
 
-def default_class_stats(cfg):
+def default_class_stats(cfg, consequence="training with this loss will fail."):
     """A callable that returns the training statistics of ``cfg`` (or None) when called, and
-    only then: losses that need none never read the training annotations."""
+    only then: losses that need none never read the training annotations. ``consequence``:
+    what the warning says goes without them."""
 
     def class_stats():
         if _train_stats_source is None:
             return None
-        return _train_stats_source(cfg, "training with this loss will fail.")
+        return _train_stats_source(cfg, consequence)
 
     return class_stats
 

@@ -76,6 +76,8 @@ class FCBLLoss(LTClassificationLoss):
     ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``. Scores: sigmoid(z_c)(1 - sigmoid(z_K)).
     """
 
+    scores_have_background = True  # (TEST.LT.CALIBRATION applies)
+
     prior_prob = 0.001
     reports_per_class_accuracy = True
 

@@ -109,6 +109,8 @@ class GroupSoftmaxLoss(LTClassificationLoss):
     when it is loaded.
     """
 
+    scores_have_background = True  # (TEST.LT.CALIBRATION applies)
+
     @configurable
     def __init__(self, *, num_classes, instance_count=None, bin_split=BAGS_BIN_SPLIT,
                  others_ratio=8.0, normalize_scores=True):

@@ -74,6 +74,8 @@ class SeesawLoss(LTClassificationLoss):
     Scores: softmax over classes times P(object); background P(background).
     """
 
+    scores_have_background = True  # (TEST.LT.CALIBRATION applies)
+
     @configurable
     def __init__(self, *, num_classes, p=0.8, q=2.0, eps=1e-2):
         super().__init__(num_classes)

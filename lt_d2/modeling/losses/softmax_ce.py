@@ -22,5 +22,7 @@ class SoftmaxCELoss(LTClassificationLoss):
     ``forward(logits (R, K+1), gt_classes (R,)) -> scalar``. Scores: softmax.
     """
 
+    scores_have_background = True  # (TEST.LT.CALIBRATION applies)
+
     def forward(self, logits, gt_classes):
         return softmax_ce_loss(logits, gt_classes)
