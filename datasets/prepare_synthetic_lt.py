@@ -39,7 +39,8 @@ def main(argv=None):
                                          args.force)
     except FileExistsError as e:
         sys.exit(f"error: {e}")
-    print(f"Wrote {out}" if made else f"{out} is already complete; keeping it (--force to rebuild).")
+    print(f"Wrote {out}" if made
+          else f"{out} is already complete; keeping it (--force to rebuild).")
     return 0
 
 

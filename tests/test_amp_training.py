@@ -23,7 +23,8 @@ CONFIGS = {
     "acsl": "configs/Synthetic-LT/faster_rcnn_tiny_acsl.yaml",
     "seesaw": "configs/Synthetic-LT/faster_rcnn_tiny_seesaw.yaml",
     "bags": "configs/Synthetic-LT/decoupled/bags_faster_rcnn_tiny.yaml",
-    "bacl_fcbl_hallucination": "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml",
+    "bacl_fcbl_hallucination":
+        "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml",
 }
 # state the loss (or the hallucinator) must have accumulated after training
 STATE = {
@@ -80,7 +81,8 @@ def _losses(model, data, autocast):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_amp_trains_on_the_cpu_with_float32_loss_state(name, train_set, tmp_path):
-    cfg = _cfg(CONFIGS[name], tmp_path, train_set, "SOLVER.MAX_ITER", "3", "SOLVER.AMP.ENABLED", "True")
+    cfg = _cfg(CONFIGS[name], tmp_path, train_set,
+               "SOLVER.MAX_ITER", "3", "SOLVER.AMP.ENABLED", "True")
     seed_all_rng(0)
     trainer = LTTrainer(cfg)
     assert isinstance(trainer._trainer, CPUAMPTrainer)

@@ -11,16 +11,21 @@ from .conftest import REPO, copypaste_metrics, run_train_net, tiny_opts
 def test_bacl_two_stages_end_to_end(tiny_root, tmp_path):
     rep, cls_ = tmp_path / "rep", tmp_path / "cls"
     base = ["SOLVER.CHECKPOINT_PERIOD", "100", *tiny_opts(), "INPUT.LT.LSJ.IMAGE_SIZE", "64"]
-    proc = run_train_net(["--config-file", "configs/Synthetic-LT/bacl_representation_faster_rcnn_tiny.yaml",
-                          "OUTPUT_DIR", str(rep), "SOLVER.MAX_ITER", "6", "DATASETS.TEST", "()", *base],
+    proc = run_train_net(["--config-file",
+                          "configs/Synthetic-LT/bacl_representation_faster_rcnn_tiny.yaml",
+                          "OUTPUT_DIR", str(rep), "SOLVER.MAX_ITER", "6", "DATASETS.TEST", "()",
+                          *base],
                          tiny_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     surgery = subprocess.run([sys.executable, f"{REPO}/tools/ckpt_surgery.py", "--ckpt-path",
-                              str(rep / "model_final.pth"), "--method", "reset"], capture_output=True)
+                              str(rep / "model_final.pth"), "--method", "reset"],
+                             capture_output=True)
     assert surgery.returncode == 0
     weights = rep / "model_reset_reset.pth"
-    proc = run_train_net(["--config-file", "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml",
-                          "OUTPUT_DIR", str(cls_), "MODEL.WEIGHTS", str(weights), "SOLVER.MAX_ITER", "6",
+    proc = run_train_net(["--config-file",
+                          "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml",
+                          "OUTPUT_DIR", str(cls_), "MODEL.WEIGHTS", str(
+                              weights), "SOLVER.MAX_ITER", "6",
                           *base], tiny_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr

@@ -16,10 +16,15 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
 
 from lt_d2.config import add_lt_config
-from lt_d2.modeling import LTCascadeROIHeads, LTFastRCNNOutputLayers, roi_heads as lt_roi_heads
-from lt_d2.modeling.calibration import (ScoreCalibration, build_score_calibration,
-                                        calibrate_probs, calibration_weights,
-                                        losses_with_background)
+from lt_d2.modeling import LTCascadeROIHeads, LTFastRCNNOutputLayers
+from lt_d2.modeling import roi_heads as lt_roi_heads
+from lt_d2.modeling.calibration import (
+    ScoreCalibration,
+    build_score_calibration,
+    calibrate_probs,
+    calibration_weights,
+    losses_with_background,
+)
 from lt_d2.modeling.losses import CLS_LOSS_REGISTRY, build_cls_loss
 
 from .conftest import REPO, copypaste_metrics, run_train_net, tiny_opts
@@ -112,8 +117,8 @@ def test_defaults_and_the_losses_it_applies_to():
     cfg = _cfg()
     assert cfg.TEST.LT.CALIBRATION.METHOD == "none" and cfg.TEST.LT.CALIBRATION.COUNT == "image"
     assert build_score_calibration(cfg, build_cls_loss(cfg, 4)) is None
-    assert losses_with_background() == ["ACSLLoss", "EQLv2Loss", "FCBLLoss", "GroupSoftmaxLoss", "SeesawLoss",
-                                      "SigmoidCELoss", "SoftmaxCELoss"]
+    assert losses_with_background() == ["ACSLLoss", "EQLv2Loss", "FCBLLoss", "GroupSoftmaxLoss",
+                                        "SeesawLoss", "SigmoidCELoss", "SoftmaxCELoss"]
 
 
 @pytest.mark.parametrize("loss", sorted(set(n for n, _ in CLS_LOSS_REGISTRY)

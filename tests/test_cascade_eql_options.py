@@ -9,7 +9,8 @@ from detectron2.modeling.roi_heads import CascadeROIHeads, cascade_rcnn
 from detectron2.utils.events import EventStorage
 
 from lt_d2.config import add_lt_config
-from lt_d2.modeling import LTCascadeROIHeads, roi_heads as lt_roi_heads
+from lt_d2.modeling import LTCascadeROIHeads
+from lt_d2.modeling import roi_heads as lt_roi_heads
 from lt_d2.modeling.losses import EQLLoss, build_cls_loss, eql_loss
 
 from .test_losses import bce_sum
@@ -93,7 +94,8 @@ def test_unscaled_feature_gradient_is_three_times_detectron2s():
         leaf = {k: v.detach().clone().requires_grad_() for k, v in features.items()}
         losses, param_grads = _train_losses(heads, images, leaf, gts, proposal_gen)
         grads[scale] = ({k: v.grad for k, v in leaf.items()}, param_grads, losses)
-    (scaled, scaled_params, scaled_losses), (plain, plain_params, plain_losses) = grads[True], grads[False]
+    (scaled, scaled_params, scaled_losses), (plain,
+                                             plain_params, plain_losses) = grads[True], grads[False]
     assert all(torch.equal(scaled_losses[k], plain_losses[k]) for k in scaled_losses)
     for k in scaled:
         assert scaled[k].abs().sum() > 0

@@ -66,8 +66,10 @@ def test_every_yaml_loads_and_names_registered_things(path):
     elif "LVIS" in path:
         # ImageNet backbones (MSRA or torchvision), or a stage one after checkpoint surgery
         # (e.g. ACSL's COCO-trained detector with its class-specific layers dropped)
-        assert cfg.MODEL.WEIGHTS.startswith(("detectron2://ImageNetPretrained/", "torchvision://")) \
-            or cfg.MODEL.WEIGHTS.endswith(("model_reset_remove.pth", "model_reset_reset.pth"))
+        pretrained = ("detectron2://ImageNetPretrained/", "torchvision://")
+        surgery_outputs = ("model_reset_remove.pth", "model_reset_reset.pth")
+        assert cfg.MODEL.WEIGHTS.startswith(pretrained) \
+            or cfg.MODEL.WEIGHTS.endswith(surgery_outputs)
         assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == (1203 if "LVISv1" in path else 1230)
         assert cfg.TEST.DETECTIONS_PER_IMAGE == 300
 

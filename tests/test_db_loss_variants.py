@@ -163,7 +163,8 @@ def test_negative_tolerant_regularisation(fix_bug):
     # an (N, C) weight: each row by its maximum, or all by the overall maximum
     ("rebalance", "by_instance", [[v / max(row) for v in row] for row in rebalanced(0.1, 10, 0.2)]),
     ("rebalance", "by_batch",
-     [[v / max(map(max, rebalanced(0.1, 10, 0.2))) for v in row] for row in rebalanced(0.1, 10, 0.2)]),
+     [[v / max(map(max, rebalanced(0.1, 10, 0.2))) for v in row]
+      for row in rebalanced(0.1, 10, 0.2)]),
 ])
 def test_weight_norm(reweight, norm, weights):
     reweight, _, cb_mode = reweight.partition("_")
@@ -231,7 +232,7 @@ def test_config_keys_reach_the_loss():
     cfg = add_lt_config(get_cfg())
     db = cfg.MODEL.LT.DB
     assert (db.REWEIGHT, db.CB_BETA, db.CB_MODE, db.WEIGHT_NORM) == ("rebalance", 0.9, "average_w",
-                                                                      "none")
+                                                                     "none")
     db.REWEIGHT, db.CB_BETA, db.CB_MODE, db.WEIGHT_NORM = "CB", 0.99, "min_n", "by_batch"
     hparams = DistributionBalancedLoss(cfg, num_classes=3).hparams
     assert (hparams["reweight"], hparams["cb_beta"], hparams["cb_mode"],

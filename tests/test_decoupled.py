@@ -22,6 +22,7 @@ from lt_d2.modeling.losses import GroupSoftmaxLoss
 from .conftest import REPO, copypaste_metrics, run_train_net, tiny_opts
 
 SYNTH = os.path.join(REPO, "configs", "Synthetic-LT")
+CRT_CONFIG = "configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml"
 
 
 def _model(config, *opts):
@@ -42,18 +43,22 @@ def test_surgery_on_faster_mask_and_cascade(config, stages):
     model, _ = _model(config, "MODEL.LT.CLS_LOSS", "EQLv2Loss")
     state = model.state_dict()
     ckpt = {"model": state, "iteration": 99, "optimizer": {"x": 1}, "scheduler": {}}
-    classifier = {f"roi_heads.box_predictor.{s}cls_score.{p}" for s in stages for p in ("weight", "bias")}
+    classifier = {
+        f"roi_heads.box_predictor.{s}cls_score.{p}" for s in stages for p in ("weight", "bias")}
     loss_state = {k for k in state if ".cls_loss." in k}
     assert loss_state  # EQLv2 statistics
     removed, report = checkpoint_surgery(ckpt, "remove")
     assert set(report["removed"]) == classifier | loss_state
-    assert set(removed) == {"model"} and report["dropped_state"] == ["iteration", "optimizer", "scheduler"]
-    assert all(torch.equal(removed["model"][k], v) for k, v in state.items() if k in removed["model"])
+    assert set(removed) == {"model"}
+    assert report["dropped_state"] == ["iteration", "optimizer", "scheduler"]
+    assert all(torch.equal(removed["model"][k], v)
+               for k, v in state.items() if k in removed["model"])
     reset, report = checkpoint_surgery(ckpt, "reset")
     assert set(report["removed"]) == loss_state and classifier <= set(reset["model"])
     # a new class count also drops class-specific box regression and the mask predictor
     _, report = checkpoint_surgery(ckpt, "reset", num_classes=5)
-    expected = classifier | loss_state | {k for k in state if k.startswith("roi_heads.mask_head.predictor.")}
+    expected = classifier | loss_state | {
+        k for k in state if k.startswith("roi_heads.mask_head.predictor.")}
     expected |= {k for k in state if "bbox_pred" in k and state[k].shape[0] > 4}
     assert set(report["removed"]) == expected
 
@@ -63,7 +68,8 @@ def test_removed_classifier_is_the_only_missing_key_on_load(tmp_path):
     ckpt, _ = checkpoint_surgery({"model": model.state_dict()}, "remove")
     save_checkpoint(ckpt, str(tmp_path / "m.pth"))
     fresh, _ = _model("faster_rcnn_tiny_ce.yaml")
-    incompatible = fresh.load_state_dict(load_checkpoint(str(tmp_path / "m.pth"))["model"], strict=False)
+    incompatible = fresh.load_state_dict(load_checkpoint(
+        str(tmp_path / "m.pth"))["model"], strict=False)
     assert sorted(incompatible.missing_keys) == ["roi_heads.box_predictor.cls_score.bias",
                                                  "roi_heads.box_predictor.cls_score.weight"]
 
@@ -106,7 +112,8 @@ def test_surgery_cli_never_replaces_its_input_or_an_existing_file(tmp_path):
 def test_freeze_all_but_listed_parameters_and_batchnorm():
     model, _ = _model("faster_rcnn_tiny_ce.yaml")
     trainable = freeze_all_but(model, ["roi_heads.box_predictor.cls_score"])
-    assert trainable == ["roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"]
+    assert trainable == ["roi_heads.box_predictor.cls_score.weight",
+                         "roi_heads.box_predictor.cls_score.bias"]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     with pytest.raises(ValueError, match="match no parameter"):
         freeze_all_but(model, ["roi_heads.nothing_here"])
@@ -172,8 +179,8 @@ def test_class_aware_stream_is_identical_across_workers_and_shards_across_ranks(
     dicts = _toy([50, 7, 3, 0])
     stream = list(itertools.islice(iter(ClassAwareSampler(images_per_class(dicts, 4), seed=3)), 60))
     for workers in (0, 2):
-        loader = DataLoader(ToIterableDataset(list(range(len(dicts))),
-                                              ClassAwareSampler(images_per_class(dicts, 4), seed=3)),
+        sampler = ClassAwareSampler(images_per_class(dicts, 4), seed=3)
+        loader = DataLoader(ToIterableDataset(list(range(len(dicts))), sampler),
                             num_workers=workers, batch_size=None)
         assert list(itertools.islice(iter(loader), 60)) == stream
     from detectron2.utils import comm
@@ -182,7 +189,8 @@ def test_class_aware_stream_is_identical_across_workers_and_shards_across_ranks(
     for rank in range(2):
         monkeypatch.setattr(comm, "get_rank", lambda r=rank: r)
         monkeypatch.setattr(comm, "get_world_size", lambda: 2)
-        shards.append(list(itertools.islice(iter(ClassAwareSampler(images_per_class(dicts, 4), seed=3)), 30)))
+        shards.append(list(itertools.islice(
+            iter(ClassAwareSampler(images_per_class(dicts, 4), seed=3)), 30)))
     assert [x for pair in zip(*shards) for x in pair] == stream
 
 
@@ -215,9 +223,10 @@ def test_stage_two_trains_only_the_listed_parameters(tiny_root, tmp_path):
                           "OUTPUT_DIR", str(stage1), "SOLVER.MAX_ITER", "8", "DATASETS.TEST", "()",
                           *base], tiny_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _surgery_cli("--ckpt-path", str(stage1 / "model_final.pth"), "--method", "remove").returncode == 0
+    assert _surgery_cli("--ckpt-path", str(stage1 / "model_final.pth"),
+                        "--method", "remove").returncode == 0
     weights = stage1 / "model_reset_remove.pth"
-    proc = run_train_net(["--config-file", "configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml",
+    proc = run_train_net(["--config-file", CRT_CONFIG,
                           "OUTPUT_DIR", str(stage2), "MODEL.WEIGHTS", str(weights),
                           "SOLVER.MAX_ITER", "6", *base], tiny_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -231,14 +240,14 @@ def test_stage_two_trains_only_the_listed_parameters(tiny_root, tmp_path):
     # frozen batch norms keep their statistics and lose only the update counter
     assert all(k.endswith("num_batches_tracked") for k in set(before) - set(after))
     assert sorted(set(after) - set(before)) == ["roi_heads.box_predictor.cls_score.bias",
-                                               "roi_heads.box_predictor.cls_score.weight"]
+                                                "roi_heads.box_predictor.cls_score.weight"]
 
     # weights that do not fit the frozen model: refused before training
-    proc = run_train_net(["--config-file", "configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml",
+    proc = run_train_net(["--config-file", CRT_CONFIG,
                           "OUTPUT_DIR", str(tmp_path / "bad"), "MODEL.WEIGHTS", str(weights),
                           "MODEL.TINY_NET.CHANNELS", "[16,32,48,64]", *base], tiny_root)
     assert proc.returncode != 0 and "does not fit the frozen part" in proc.stderr
-    proc = run_train_net(["--config-file", "configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml",
+    proc = run_train_net(["--config-file", CRT_CONFIG,
                           "OUTPUT_DIR", str(tmp_path / "bad2"), "MODEL.WEIGHTS", str(weights),
                           "MODEL.LT.TRAINABLE", "['roi_heads.nope']", *base], tiny_root)
     assert proc.returncode != 0 and "match no parameter" in proc.stderr

@@ -48,6 +48,7 @@ def test_long_tail_report_files_are_written(two_backends):
         report = json.load(open(inference / "longtail_report_bbox.json"))
         assert len(report["classes"]) == 12
         csv_lines = open(inference / "longtail_report_bbox.csv").read().splitlines()
-        assert csv_lines[0].startswith("class_id,name,image_count,frequency,ap") and len(csv_lines) == 13
+        assert csv_lines[0].startswith(
+            "class_id,name,image_count,frequency,ap") and len(csv_lines) == 13
         png = open(inference / "longtail_ap_vs_frequency_bbox.png", "rb").read()
         assert png.startswith(b"\x89PNG")

@@ -156,8 +156,8 @@ def test_a_detector_with_lt_heads_traces_with_detectron2_export():
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     image = torch.rand(3, 64, 64) * 255
-    adapter = TracingAdapter(model, [{"image": image}], inference_func=lambda m, inputs: m.inference(
-        inputs, do_postprocess=False))
+    adapter = TracingAdapter(model, [{"image": image}], inference_func=lambda m, inputs:
+                             m.inference(inputs, do_postprocess=False))
     with torch.no_grad():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs)
         other = torch.rand(3, 64, 96) * 255

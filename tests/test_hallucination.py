@@ -44,7 +44,8 @@ def test_first_statistics_then_exponential_moving_average():
     x2 = torch.tensor([[3.0, 4.0, 5.0], [5.0, 4.0, 3.0]])
     fh.update(x2, torch.tensor([0, 0]))
     assert torch.allclose(fh.feature_mean[0], 0.1 * torch.tensor([4.0, 4.0, 4.0]) + 0.9 * 2.0)
-    assert torch.allclose(fh.feature_var[0], 0.1 * torch.tensor([2.0, 0.0, 2.0]) + 0.9 * torch.tensor([2.0, 0.0, 2.0]))
+    var = torch.tensor([2.0, 0.0, 2.0])
+    assert torch.allclose(fh.feature_var[0], 0.1 * var + 0.9 * var)
     assert torch.allclose(fh.feature_mean[2], torch.tensor([5.0, 5.0, 5.0]))  # untouched
 
 
@@ -71,7 +72,8 @@ def test_hallucinated_features_follow_the_class_gaussians():
 def test_state_round_trips_and_config_builds_it():
     cfg = add_lt_config(get_cfg())
     fh = HALLUCINATOR_REGISTRY.get("FeatureHallucinator")(cfg, num_classes=4, feature_dim=3)
-    assert (fh.num_sampled_classes, fh.num_per_class, fh.momentum, fh.sync_stats) == (8, 12, 0.1, True)
+    assert (fh.num_sampled_classes, fh.num_per_class,
+            fh.momentum, fh.sync_stats) == (8, 12, 0.1, True)
     fh.update(torch.randn(6, 3), torch.tensor([0, 1, 1, 2, 2, 2]))
     restored = _module()
     restored.load_state_dict(fh.state_dict())
@@ -102,7 +104,8 @@ def test_two_processes_share_statistics_when_synchronised(tmp_path, sync):
     same = all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     if sync:
         assert same
-        assert all(torch.allclose(ranks[0][k], v, atol=1e-5) for k, v in single.state_dict().items())
+        assert all(torch.allclose(ranks[0][k], v, atol=1e-5)
+                   for k, v in single.state_dict().items())
     else:
         assert not same  # the official behaviour: each rank keeps its own statistics
 

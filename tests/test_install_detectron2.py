@@ -47,7 +47,8 @@ def test_pure_python_tree_installs_and_imports(tmp_path):
                     "--no-build-isolation", "--target", str(target), tree], check=True)
     code = ("import detectron2.layers, detectron2._C as C, detectron2.projects.point_rend\n"
             "import os, detectron2.model_zoo as z\n"
-            "assert os.path.exists(os.path.join(os.path.dirname(z.__file__), 'configs/Base.yaml'))\n"
+            "base = os.path.join(os.path.dirname(z.__file__), 'configs/Base.yaml')\n"
+            "assert os.path.exists(base)\n"
             "try:\n    C.nms_rotated\nexcept AttributeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(target)),
                          capture_output=True, text=True)

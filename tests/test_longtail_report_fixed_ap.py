@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from lvis import LVIS, LVISEval, LVISResults
 
 # lt_d2 first: importing it patches lvis-api's use of np.float
 from lt_d2.evaluation.fixed_ap import FixedAPEvaluator, PerClassTopK, fixed_ap, top_k_per_class
 from lt_d2.evaluation.longtail_report import per_class_ap, write_longtail_report
-from lvis import LVIS, LVISEval, LVISResults
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,12 +16,13 @@ LOSSES = {"EQLv2Loss": EQLv2Loss, "SeesawLoss": SeesawLoss, "FCBLLoss": FCBLLoss
 
 def _batches(num_logits, steps=3, rows=12):
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(rows, num_logits, generator=g), torch.randint(0, K + 1, (rows,), generator=g))
-            for _ in range(steps)]
+    return [(torch.randn(rows, num_logits, generator=g),
+             torch.randint(0, K + 1, (rows,), generator=g)) for _ in range(steps)]
 
 
 def _worker(rank, world_size, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     for name, cls in LOSSES.items():
         loss_fn = cls(num_classes=K)
         for logits, labels in _batches(loss_fn.num_logits):
@@ -35,7 +36,8 @@ def _worker(rank, world_size, init_file, out_dir):
 @pytest.fixture(scope="module")
 def two_process_states(tmp_path_factory):
     out = tmp_path_factory.mktemp("sync")
-    mp.start_processes(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, str(out / "init"), str(out)),
+                       nprocs=2, start_method="spawn")
     return out
 
 

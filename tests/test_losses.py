@@ -20,8 +20,8 @@ from lt_d2.modeling.losses import (
     acsl_weights,
     distribution_balanced_loss,
     eql_loss,
-    federated_classes,
     fcbl_loss,
+    federated_classes,
     seesaw_loss,
     sigmoid_ce_loss,
 )
@@ -105,7 +105,8 @@ def test_sigmoid_ce_hand_computed():
 
 def test_eql_with_lambda_zero_is_sigmoid_ce_over_classes():
     logits, labels = torch.randn(6, K), torch.tensor([0, 1, 2, 3, K, K])
-    loss = EQLLoss(num_classes=K, image_count=IMAGE_COUNT, num_images=1000, lambda_=0.0)(logits, labels)
+    loss = EQLLoss(num_classes=K, image_count=IMAGE_COUNT,
+                   num_images=1000, lambda_=0.0)(logits, labels)
     targets = F.one_hot(labels, K + 1)[:, :K].float()
     expected = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / 6
     assert torch.allclose(loss, expected)
@@ -133,9 +134,11 @@ def test_eqlv2_first_iteration_is_sigmoid_ce_and_state_follows_the_gradients():
     g = loss_fn.pos_grad / (loss_fn.neg_grad + 1e-10)
     q_neg = 1 / (1 + torch.exp(-12 * (g - 0.8)))
     q_pos = 1 + 4 * (1 - q_neg)
-    weights = torch.cat([q_pos, torch.ones(1)]) * targets + torch.cat([q_neg, torch.ones(1)]) * (1 - targets)
+    weights = (torch.cat([q_pos, torch.ones(1)]) * targets
+               + torch.cat([q_neg, torch.ones(1)]) * (1 - targets))
     second = loss_fn(logits, labels)
-    expected = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum() / 8
+    expected = (F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none") * weights).sum() / 8
     assert torch.allclose(second, expected, atol=1e-6)
 
 
@@ -150,7 +153,8 @@ def test_seesaw_with_p_q_zero_is_ce_plus_objectness():
     logits, labels = torch.randn(6, K + 2), torch.tensor([0, 1, 3, K, K, 2])
     out = SeesawLoss(num_classes=K, p=0.0, q=0.0)(logits, labels)
     fg = labels < K
-    assert torch.allclose(out["loss_cls"], F.cross_entropy(logits[fg, :K], labels[fg], reduction="sum") / 6)
+    assert torch.allclose(out["loss_cls"], F.cross_entropy(
+        logits[fg, :K], labels[fg], reduction="sum") / 6)
     obj = F.cross_entropy(logits[:, K:], (labels == K).long(), reduction="sum") / 6
     assert torch.allclose(out["loss_cls_objectness"], obj)
 
@@ -179,9 +183,11 @@ def test_federated_class_set():
     full = federated_classes(torch.tensor([1]), torch.ones(K), num_fed_classes=K + 1)
     assert full.tolist() == [1] * K
     logits, labels = torch.randn(5, K + 1), torch.tensor([0, 1, 2, 3, K])
-    loss = FederatedLoss(num_classes=K, image_count=torch.ones(K), num_fed_classes=K + 1)(logits, labels)
+    loss = FederatedLoss(num_classes=K, image_count=torch.ones(K),
+                         num_fed_classes=K + 1)(logits, labels)
     targets = F.one_hot(labels, K + 1)[:, :K].float()
-    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits[:, :K], targets, reduction="sum") / 5)
+    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(
+        logits[:, :K], targets, reduction="sum") / 5)
 
 
 def test_acsl_weights_follow_the_official_rules():
@@ -202,12 +208,15 @@ def test_acsl_weights_follow_the_official_rules():
 def test_distribution_balanced_terms_hand_computed():
     logits = torch.tensor([[0.4, -0.3]])
     targets = torch.tensor([[1.0, 0.0]])
-    freq, n, a, b, mu, lam, kappa, gamma, bal = torch.tensor([10.0, 40.0]), 100, 0.1, 10.0, 0.2, 2.0, 0.05, 2.0, 2.0
-    loss = distribution_balanced_loss(logits, targets, freq, n, alpha=a, beta=b, mu=mu, neg_scale=lam,
-                                      init_bias=kappa, gamma=gamma, balance=bal)
+    freq, n, a, b, mu, lam, kappa, gamma, bal = torch.tensor(
+        [10.0, 40.0]), 100, 0.1, 10.0, 0.2, 2.0, 0.05, 2.0, 2.0
+    options = dict(alpha=a, beta=b, mu=mu, neg_scale=lam, init_bias=kappa, gamma=gamma,
+                   balance=bal)
+    loss = distribution_balanced_loss(logits, targets, freq, n, **options)
     # r_k,i = (1/n_i) / (1/10): class 0 -> 1, class 1 -> 0.25
     w = [a + 1 / (1 + math.exp(-b * (1 - mu))), a + 1 / (1 + math.exp(-b * (0.25 - mu)))]
-    bias = [-math.log(100 / 10 - 1) * kappa / lam, -math.log(100 / 40 - 1) * kappa / lam]  # official /lambda
+    bias = [-math.log(100 / 10 - 1) * kappa / lam, -math.log(100 / 40 - 1)
+            * kappa / lam]  # official /lambda
     z_pos = 0.4 + bias[0]
     z_neg = lam * (-0.3 + bias[1])
     terms = []
@@ -215,15 +224,15 @@ def test_distribution_balanced_terms_hand_computed():
         ce = bce_sum(z, y)
         terms.append(bal * (1 - math.exp(-ce)) ** gamma * weight * ce)
     assert loss.item() == pytest.approx(sum(terms) / 2, rel=1e-5)
-    fixed = distribution_balanced_loss(logits, targets, freq, n, alpha=a, beta=b, mu=mu, neg_scale=lam,
-                                       init_bias=kappa, gamma=gamma, balance=bal, fix_init_bias_bug=True)
+    fixed = distribution_balanced_loss(logits, targets, freq, n, **options,
+                                       fix_init_bias_bug=True)
     assert fixed.item() != pytest.approx(loss.item())
 
 
 def test_distribution_balanced_without_its_parts_is_bce():
     logits, targets = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
-    loss = distribution_balanced_loss(logits, targets, torch.tensor([5.0, 9.0, 2.0]), 20, neg_scale=1.0,
-                                      init_bias=0.0, focal=False, reweight="none")
+    loss = distribution_balanced_loss(logits, targets, torch.tensor([5.0, 9.0, 2.0]), 20,
+                                      neg_scale=1.0, init_bias=0.0, focal=False, reweight="none")
     assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits, targets))
 
 

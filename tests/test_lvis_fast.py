@@ -6,13 +6,23 @@ import logging
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
-
-from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis, result_dicts  # first: lt_d2 fixes lvis's np.float
-from lt_d2.evaluation.lvis_fast_accumulate import accumulate
-from lt_d2.evaluation.lvis_fast_match import (AREA_RANGES, IOU_THRESHOLDS, MATCHED,
-                                              MATCHED_ID0_IGNORED, MATCHED_IGNORED,
-                                              RECALL_THRESHOLDS, box_iou_rowwise)
 from lvis import LVIS, LVISEval, LVISResults
+
+from lt_d2.evaluation.lvis_fast import (  # first: lt_d2 fixes lvis's np.float
+    columnar_results,
+    evaluate_lvis,
+    result_dicts,
+)
+from lt_d2.evaluation.lvis_fast_accumulate import accumulate
+from lt_d2.evaluation.lvis_fast_match import (
+    AREA_RANGES,
+    IOU_THRESHOLDS,
+    MATCHED,
+    MATCHED_ID0_IGNORED,
+    MATCHED_IGNORED,
+    RECALL_THRESHOLDS,
+    box_iou_rowwise,
+)
 
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
         "AR@300", "ARs@300", "ARm@300", "ARl@300"]
@@ -42,7 +52,8 @@ def assert_same_as_lvis_api(dataset, results, iou_type="bbox", max_dets=300):
     assert max(diff.values()) <= 1e-9, (diff, dict(metrics), dict(expected))
     np.testing.assert_array_equal(precision, expected_precision)
     # the columnar form must give exactly the same answer
-    col_metrics, col_precision = evaluate_lvis(dataset, columnar_results(results), iou_type, max_dets)
+    col_metrics, col_precision = evaluate_lvis(
+        dataset, columnar_results(results), iou_type, max_dets)
     assert col_metrics == metrics
     np.testing.assert_array_equal(col_precision, precision)
     return metrics
@@ -134,7 +145,8 @@ def test_score_ties_keep_input_order():
 def test_area_ranges_and_ignore_flag():
     dataset = tiny_dataset([(1, 1, square(10, 10, 20)), (1, 1, square(100, 100, 32)),
                             (1, 1, square(200, 10, 60)), (1, 2, square(10, 200, 96)),
-                            (1, 2, square(250, 250, 150)), (1, 3, square(10, 10, 50), {"ignore": 1})])
+                            (1, 2, square(250, 250, 150)),
+                            (1, 3, square(10, 10, 50), {"ignore": 1})])
     results = [det(1, 1, square(10, 10, 21), 0.9), det(1, 1, square(100, 100, 30), 0.8),
                det(1, 1, square(200, 10, 100), 0.7), det(1, 2, square(10, 200, 90), 0.6),
                det(1, 2, square(250, 250, 140), 0.5), det(1, 3, square(10, 10, 50), 0.9),
@@ -143,7 +155,8 @@ def test_area_ranges_and_ignore_flag():
 
 
 def test_class_without_ground_truth_and_ground_truth_id_zero():
-    dataset = tiny_dataset([(1, 1, square(10, 10, 40))], images=[{"id": 1, "neg_category_ids": [2]}])
+    dataset = tiny_dataset([(1, 1, square(10, 10, 40))], images=[
+                           {"id": 1, "neg_category_ids": [2]}])
     dataset["annotations"][0]["id"] = 0  # lvis-api reads a match to id 0 as "unmatched"
     results = [det(1, 1, square(10, 10, 40), 0.9), det(1, 2, square(10, 10, 40), 0.9)]
     metrics = assert_same_as_lvis_api(dataset, results)
@@ -193,7 +206,8 @@ def random_dataset(rng, num_images, num_cats, segm=False):
         height, width = int(rng.integers(100, 400)), int(rng.integers(100, 400))
         cats_here = set()
         for _ in range(int(rng.integers(0, 7))):
-            cat = int(rng.choice(popular)) if rng.random() < 0.7 else int(rng.integers(1, num_cats + 1))
+            cat = int(rng.choice(popular)) if rng.random(
+            ) < 0.7 else int(rng.integers(1, num_cats + 1))
             side = rng.choice([8, 30, 60, 150]) * rng.uniform(0.5, 1.5, 2)
             w, h = np.minimum(side, [width - 1, height - 1])
             x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
@@ -201,7 +215,8 @@ def random_dataset(rng, num_images, num_cats, segm=False):
                 x, y, w, h = np.round([x, y, w, h])
             box = [float(x), float(y), float(w), float(h)]
             poly = [[x, y, x + w / 2, y + h, x + w, y + h, x + w, y]]  # not a box: segm differs
-            area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(poly, height, width))))
+            area = float(mask_utils.area(mask_utils.merge(
+                mask_utils.frPyObjects(poly, height, width))))
             annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=cat,
                                     bbox=box, area=area if segm else w * h, segmentation=poly))
             cats_here.add(cat)
@@ -209,8 +224,8 @@ def random_dataset(rng, num_images, num_cats, segm=False):
                 jitter = np.array(box) + rng.normal(0, rng.choice([0.03, 0.15]), 4) * [w, h, w, h]
                 jitter[2:] = np.abs(jitter[2:])
                 wrong = rng.random() < 0.2
-                results.append(_random_det(image_id, int(rng.integers(1, num_cats + 1)) if wrong else cat,
-                                           jitter, rng, height, width, segm))
+                det_cat = int(rng.integers(1, num_cats + 1)) if wrong else cat
+                results.append(_random_det(image_id, det_cat, jitter, rng, height, width, segm))
         others = [c for c in range(1, num_cats + 1) if c not in cats_here]
         neg = [int(c) for c in rng.choice(others, min(len(others), 3), replace=False)]
         not_exhaustive = [c for c in sorted(cats_here) if rng.random() < 0.3]
@@ -219,8 +234,10 @@ def random_dataset(rng, num_images, num_cats, segm=False):
         for _ in range(int(rng.integers(0, 8))):
             w, h = rng.uniform(2, 90, 2)
             box = [rng.uniform(0, width - w), rng.uniform(0, height - h), w, h]
-            cat = int(rng.choice(list(cats_here) + neg)) if (cats_here or neg) and rng.random() < 0.7 \
-                else int(rng.integers(1, num_cats + 1))
+            if (cats_here or neg) and rng.random() < 0.7:
+                cat = int(rng.choice(list(cats_here) + neg))
+            else:
+                cat = int(rng.integers(1, num_cats + 1))
             results.append(_random_det(image_id, cat, box, rng, height, width, segm))
     cats = [{"id": k + 1, "name": f"c{k}", "frequency": "rcf"[int(rng.integers(0, 3))]}
             for k in range(num_cats)]
@@ -245,7 +262,8 @@ def _random_det(image_id, cat, box, rng, height, width, segm):
                                                     (2, "segm", 300), (3, "segm", 8)])
 def test_random_against_lvis_api(seed, iou_type, max_dets):
     rng = np.random.default_rng(seed)
-    dataset, results = random_dataset(rng, 250 if iou_type == "bbox" else 120, 40, iou_type == "segm")
+    dataset, results = random_dataset(
+        rng, 250 if iou_type == "bbox" else 120, 40, iou_type == "segm")
     assert_same_as_lvis_api(dataset, results, iou_type, max_dets)
 
 
@@ -256,7 +274,8 @@ def test_segm_area_rules():
     for r in results:
         r["bbox"] = list(mask_utils.toBbox(r["segmentation"]) * rng.uniform(0.9, 1.6))
     assert_same_as_lvis_api(dataset, results, "segm")
-    expected, _ = lvis_api(dataset, [{k: v for k, v in r.items() if k != "bbox"} for r in results], "segm")
+    expected, _ = lvis_api(
+        dataset, [{k: v for k, v in r.items() if k != "bbox"} for r in results], "segm")
     metrics, _ = evaluate_lvis(dataset, results, "segm", use_mask_area=True)
     assert dict(metrics) == {k: float(v) for k, v in expected.items()}
     assert_same_as_lvis_api(dataset, [{k: v for k, v in r.items() if k != "bbox"} for r in results])
@@ -343,12 +362,14 @@ def test_accumulate_matches_a_per_category_loop():
     assert (precision[:, :, 1][..., gt_in_range[1]] == 0).all()
     assert (recall[:, 2:] > 0).any(axis=(0, 2)).all()  # every other category has true positives
 
+
 @pytest.mark.parametrize("distributed", [False, True])
 def test_lt_lvis_evaluator_backends_agree(tmp_path, distributed):
     import torch
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.structures import Boxes, Instances
+
     from lt_d2.evaluation.lvis_evaluation import LTLVISEvaluator
 
     rng = np.random.default_rng(6)
@@ -381,7 +402,8 @@ def test_lt_lvis_evaluator_backends_agree(tmp_path, distributed):
         # the results json is detectron2's, dict for dict
         expected = [dict(r, category_id=r["category_id"] + 1) for inp, out in zip(inputs, outputs)
                     for r in instances_to_coco_json(out["instances"], inp["image_id"])]
-        written = __import__("json").loads((tmp_path / backend / "lvis_instances_results.json").read_text())
+        written = __import__("json").loads(
+            (tmp_path / backend / "lvis_instances_results.json").read_text())
         assert written == expected and list(written[0]) == list(expected[0])
     fast, api = answers["fast"][0], answers["lvis-api"][0]
     assert sorted(fast) == ["bbox", "segm"] and fast.keys() == api.keys()

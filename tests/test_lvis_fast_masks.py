@@ -5,9 +5,9 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from lt_d2.evaluation import lvis_fast_masks
+from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis
 from lt_d2.evaluation.lvis_fast_masks import ParsedMasks, mask_candidate_pairs
 from lt_d2.evaluation.rle_column import RLEColumn, compressed_counts
-from lt_d2.evaluation.lvis_fast import columnar_results, evaluate_lvis
 
 from .test_lvis_fast import assert_same_as_lvis_api, random_dataset
 
@@ -157,8 +157,8 @@ def random_polygons(rng, count, height, width):
 
 @needs_numba
 def test_polygons_rasterised_like_pycocotools():
-    from lt_d2.evaluation.lvis_fast_results import to_rle
     from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
+    from lt_d2.evaluation.lvis_fast_results import to_rle
 
     rng = np.random.default_rng(3)
     segms, hw = [], []
@@ -180,8 +180,8 @@ def test_polygons_rasterised_like_pycocotools():
 
 @needs_numba
 def test_non_finite_polygon_named():
-    from lt_d2.evaluation.lvis_fast_results import to_rle
     from lt_d2.evaluation.lvis_fast_polygons import ground_truth_masks
+    from lt_d2.evaluation.lvis_fast_results import to_rle
 
     triangle = [1.0, 1.0, 5.0, 1.0, 5.0, 5.0]
     segms = [[triangle], [triangle, [2.0, float("nan"), 3.0, 3.0, 4.0, 2.0]]]

@@ -11,14 +11,9 @@ from detectron2.config import get_cfg
 
 from lt_d2.config import add_lt_config
 from lt_d2.modeling.hallucination import HALLUCINATOR_REGISTRY
+from lt_d2.modeling.losses import CLS_LOSS_REGISTRY, DEPRECATED_CLS_LOSS_NAMES, LTClassificationLoss
 from lt_d2.modeling.losses import base as losses_base
-from lt_d2.modeling.losses import (
-    CLS_LOSS_REGISTRY,
-    DEPRECATED_CLS_LOSS_NAMES,
-    LTClassificationLoss,
-    build_cls_loss,
-    resolve_cls_loss_name,
-)
+from lt_d2.modeling.losses import build_cls_loss, resolve_cls_loss_name
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 

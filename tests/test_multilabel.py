@@ -6,13 +6,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
-import lt_d2  # noqa: F401  before detectron2.data, also in the spawned evaluator processes
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from sklearn.metrics import average_precision_score
 
+import lt_d2  # noqa: F401  before detectron2.data, also in the spawned evaluator processes
 from lt_d2.config import add_lt_config
 from lt_d2.data import ClassAwareSampler, get_class_stats
 from lt_d2.data.multilabel_datasets import load_multilabel_dataset, register_multilabel_dataset
@@ -168,7 +167,8 @@ def test_statistics_come_from_the_stats_file_without_reading_images(ml_root, tmp
     register_multilabel_dataset(name, str(tmp_path / "absent.json"), str(tmp_path / "absent"),
                                 class_stats_file=str(base / "longtail" / "class_stats.json"))
     stats = get_class_stats(name)
-    assert stats.image_count.tolist() == json.load(open(base / "longtail" / "class_stats.json"))["class_freq"]
+    assert stats.image_count.tolist() == json.load(
+        open(base / "longtail" / "class_stats.json"))["class_freq"]
 
 
 def test_ids_missing_from_the_annotations_and_images_missing_from_the_folder(ml_root, tmp_path):
@@ -279,7 +279,8 @@ def test_train_and_evaluate_end_to_end_single_and_two_processes(ml_root, tmp_pat
     two = copypaste_metrics(proc.stdout + proc.stderr)["multilabel"]
     assert two == pytest.approx(trained, abs=1e-3)
     saved = json.loads(open(tmp_path / "eval2" / "metrics.json").read().splitlines()[-1])
-    assert saved["eval_only"] and saved["multilabel/mAP_tail"] == pytest.approx(trained["mAP_tail"], abs=1e-3)
+    assert saved["eval_only"] and saved["multilabel/mAP_tail"] == pytest.approx(
+        trained["mAP_tail"], abs=1e-3)
 
 
 def test_missing_synthetic_set_names_the_command_that_makes_it(tmp_path):

@@ -16,7 +16,6 @@ from lt_d2.config import add_lt_config
 from lt_d2.engine.freeze import freeze_all_but
 from lt_d2.modeling.backbone import NormEvalBatchNorm2d, convert_norm_eval
 
-
 STAGES = '["res2", "res3", "res4", "res5"]'
 
 
@@ -71,7 +70,8 @@ def test_backbones_convert_every_trainable_batchnorm(name):
                 if type(m) in (nn.BatchNorm2d, nn.SyncBatchNorm)]
     assert isinstance(resnet.stem.conv1.norm, FrozenBatchNorm2d)
     assert isinstance(resnet.res3[0].conv1.norm, NormEvalBatchNorm2d)
-    if name == "build_lt_resnet_fpn_backbone":  # FPN's own norms train as usual (mmdet: ResNet only)
+    # FPN's own norms train as usual (mmdet: ResNet only)
+    if name == "build_lt_resnet_fpn_backbone":
         assert type(backbone.fpn_lateral2.norm) is nn.BatchNorm2d
     # trainable: the affine parameters still take gradients and weight decay groups see BN
     assert resnet.res3[0].conv1.norm.weight.requires_grad
@@ -116,7 +116,8 @@ def test_backbone_in_train_mode_equals_eval_mode_and_keeps_stats():
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     groups = build_optimizer(cfg, backbone).param_groups
     bn_weight = backbone.bottom_up.res3[0].conv1.norm.weight
-    assert [gr["weight_decay"] for gr in groups if any(p is bn_weight for p in gr["params"])] == [0.0]
+    assert [gr["weight_decay"]
+            for gr in groups if any(p is bn_weight for p in gr["params"])] == [0.0]
 
 
 def test_stage_two_freezing_turns_frozen_layers_into_frozen_batchnorm():

@@ -17,10 +17,14 @@ from lt_d2.data import load_lt_json
 from lt_d2.data.openimages import register_openimages
 from lt_d2.data.openimages_convert import convert_openimages, write_dataset_json
 from lt_d2.data.openimages_csv import OpenImagesFormatError, image_size_from_file, read_hierarchy
-from lt_d2.evaluation.openimages import (OpenImagesEvaluator, evaluate_openimages,
-                                         interpolated_average_precision,
-                                         load_openimages_groundtruth, openimages_summary,
-                                         tp_fp_single_class)
+from lt_d2.evaluation.openimages import (
+    OpenImagesEvaluator,
+    evaluate_openimages,
+    interpolated_average_precision,
+    load_openimages_groundtruth,
+    openimages_summary,
+    tp_fp_single_class,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX_HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -125,7 +129,7 @@ def test_conversion_contents(oid):
     # image-level labels: present -> ancestors, absent -> descendants; unknown labels skipped
     assert set(images["img01.jpg"]["neg_category_ids"]) == {cid["/m/cat"]}
     assert set(images["img02.jpg"]["neg_category_ids"]) == {cid[x] for x in
-                                                             ("/m/animal", "/m/dog", "/m/cat")}
+                                                            ("/m/animal", "/m/dog", "/m/cat")}
     assert set(images["img20.jpg"]["pos_category_ids"]) == {cid["/m/dog"], cid["/m/animal"]}
     assert cid["/m/animal"] in images["img03.jpg"]["pos_category_ids"]  # img03 has a dog box
 
@@ -262,7 +266,7 @@ def test_tp_fp_group_of_and_duplicates():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95])
     s, tp = tp_fp_single_class(dets, scores, gt, group_of)
     assert sorted(zip(s.tolist(), tp.tolist())) == [(0.5, False), (0.6, True), (0.9, True),
-                                                   (0.95, False)]
+                                                    (0.95, False)]
     # 0.95 F, 0.9 T, 0.6 T, 0.5 F over 2 boxes: precision envelope 2/3 on both recall steps
     assert interpolated_average_precision(s, tp, 2) == pytest.approx(2 / 3)
     assert np.isnan(interpolated_average_precision([], [], 0))

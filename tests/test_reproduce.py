@@ -86,8 +86,8 @@ def test_recipe_check_catches_a_different_schedule_and_settings():
     assert any(p.startswith("images seen") for p in problems)
     assert any(p.startswith("lr steps") for p in problems)
     cfg = resolve_config(result.train_steps[0].config, ["SOLVER.BASE_LR", "0.01",
-                                                          "DATALOADER.SAMPLER_TRAIN",
-                                                          "ClassAwareSampler"])
+                                                        "DATALOADER.SAMPLER_TRAIN",
+                                                        "ClassAwareSampler"])
     problems = recipe_mismatches({**recipe, "grad_clip": 35.0}, cfg)
     assert {p.split(":")[0] for p in problems} == {"base_lr", "sampler", "grad_clip"}
     assert recipe_mismatches(recipe, resolve_config(result.train_steps[0].config),
@@ -147,7 +147,8 @@ def test_dry_run_prints_every_stage_wired_to_the_previous_one(result_id, tmp_pat
         "surgery")
     assert actions[-1].kind == "evaluate" and "--eval-only" in actions[-1].argv
     assert not any(a.done for a in actions)
-    assert reproduce_main([result_id, "--dry-run", "--num-gpus", "8", "--output-dir", str(tmp_path)]) == 0
+    assert reproduce_main([result_id, "--dry-run", "--num-gpus",
+                          "8", "--output-dir", str(tmp_path)]) == 0
     assert not os.listdir(tmp_path)  # a dry run writes nothing
 
 
@@ -166,8 +167,9 @@ def test_bad_requests_name_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit, match="needs dataset 'lvis_v1_train'.*datasets/README.md"):
         reproduce_main(["crt_r50_lvis_v1", "--output-dir", str(tmp_path)])
     # stage two alone, before stage one: name the step to run first
-    with pytest.raises(SystemExit, match=r"Step 3 \(train .*crt.*\) needs .*model_reset_remove.pth, "
-                                         r"made by step 2 \(surgery remove\): run it first"):
+    with pytest.raises(SystemExit, match=r"Step 3 \(train .*crt.*\) needs "
+                                         r".*model_reset_remove.pth, made by step 2 "
+                                         r"\(surgery remove\): run it first"):
         reproduce_main(["crt_r50_lvis_v1", "--step", "3", "--output-dir", str(tmp_path)])
     assert not os.listdir(tmp_path)
 
@@ -195,7 +197,8 @@ def test_two_stage_pipeline_runs_resumes_and_reports(tiny_root, tmp_path):
     assert "published" in proc.stdout and "measured" in proc.stdout
 
     # again: nothing is retrained, the table is printed from the stored metrics
-    stamps = {p: os.path.getmtime(p) for p in (stage1 / "model_final.pth", stage2 / "model_final.pth")}
+    stamps = {p: os.path.getmtime(p)
+              for p in (stage1 / "model_final.pth", stage2 / "model_final.pth")}
     proc = reproduce(*args, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("done (") == 3
@@ -227,11 +230,12 @@ def test_an_interrupted_stage_resumes_and_a_retrained_stage_redoes_surgery(tmp_p
 
 
 def test_the_readme_table_is_the_results_file():
-    from io import StringIO
     from contextlib import redirect_stdout
+    from io import StringIO
 
     out = StringIO()
     with redirect_stdout(out):
         assert reproduce_main(["--list", "--markdown"]) == 0
     with open(os.path.join(REPO, "README.md")) as f:
-        assert out.getvalue().strip() in f.read(), "regenerate: tools/reproduce.py --list --markdown"
+        readme = f.read()
+    assert out.getvalue().strip() in readme, "regenerate: tools/reproduce.py --list --markdown"

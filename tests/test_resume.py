@@ -99,7 +99,8 @@ def test_resume_restores_a_random_seed():
     cls_images = images_per_class(DICTS, 5)
     first = ResumableTrainLoader(DICTS, ClassAwareSampler(cls_images, seed=None), _mapper, 2)
     full = _batches(first, 10)
-    again = ResumableTrainLoader(DICTS, ClassAwareSampler(cls_images, seed=first.seed + 1), _mapper, 2)
+    again = ResumableTrainLoader(DICTS, ClassAwareSampler(
+        cls_images, seed=first.seed + 1), _mapper, 2)
     again.resume(4, first.state_dict())
     assert _batches(again, 6) == full[4:]
 
@@ -167,7 +168,8 @@ def _train(args, datasets_root, *, kill_after=None):
             break
         time.sleep(0.005)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed: " + err[-3000:]
+    assert proc.returncode == - \
+        signal.SIGKILL, "training ended before it could be killed: " + err[-3000:]
 
 
 def _logged_losses(out):
@@ -196,8 +198,9 @@ STAGE_TWO = "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yam
                            "roi_heads.box_predictor.cls_loss.neg_grad",
                            "roi_heads.box_predictor.cls_loss.pos_neg"]),
     # checkpoint at 4; the line of iteration 11 smooths over losses logged before the kill
-    (STAGE_TWO, ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "5", "DATALOADER.SAMPLER_TRAIN",
-                 "ClassAwareSampler", "INPUT.MIN_SIZE_TRAIN", "(48, 56, 64)"],
+    (STAGE_TWO, ["SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "5",
+                 "DATALOADER.SAMPLER_TRAIN", "ClassAwareSampler",
+                 "INPUT.MIN_SIZE_TRAIN", "(48, 56, 64)"],
      "model_0000004.pth", ["roi_heads.box_predictor.cls_loss.cm_numerator",
                            "roi_heads.box_predictor.cls_loss.num_gt",
                            "roi_heads.box_hallucinator.feature_mean",
@@ -205,7 +208,8 @@ STAGE_TWO = "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yam
 ], ids=["eqlv2", "bacl_stage_two"])
 def test_kill_and_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, config, extra,
                                                        kill_after, state_keys):
-    args = ["--config-file", config, "DATASETS.TEST", "()", *tiny_opts(), "SOLVER.IMS_PER_BATCH", "2",
+    args = ["--config-file", config, "DATASETS.TEST", "()", *tiny_opts(),
+            "SOLVER.IMS_PER_BATCH", "2",
             "SOLVER.BASE_LR", "0.005",
             *extra]
     if config == STAGE_TWO:
@@ -217,13 +221,15 @@ def test_kill_and_resume_ends_as_the_uninterrupted_run(tiny_root, tmp_path, conf
     assert not (killed / "model_final.pth").exists()
     _train(["--resume", *args, "OUTPUT_DIR", str(killed)], tiny_root)
 
-    expected, resumed = (torch.load(d / "model_final.pth", weights_only=True) for d in (whole, killed))
+    expected, resumed = (torch.load(d / "model_final.pth", weights_only=True)
+                         for d in (whole, killed))
     assert set(state_keys) <= set(expected["model"])
     assert expected["model"].keys() == resumed["model"].keys()
     for key, value in expected["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert any(v.abs().sum() > 0 for k, v in expected["model"].items() if k in state_keys)
-    momentum = [s["momentum_buffer"] for s in expected["trainer"]["_trainer"]["optimizer"]["state"].values()]
+    momentum = [s["momentum_buffer"]
+                for s in expected["trainer"]["_trainer"]["optimizer"]["state"].values()]
     assert momentum and all(torch.equal(a["momentum_buffer"], m) for a, m in zip(
         resumed["trainer"]["_trainer"]["optimizer"]["state"].values(), momentum))
     assert _logged_losses(killed) == _logged_losses(whole)

@@ -33,7 +33,8 @@ def _inputs(channels=1024):
     features = {"res4": torch.rand(2, channels, 1, 2)}
     shape = {"res4": ShapeSpec(channels=channels, stride=16)}
     gts = []
-    for boxes, classes in [([[1, 1, 3, 3], [2, 2, 6, 6]], [2, 1]), ([[1, 5, 2, 8], [7, 3, 10, 5]], [1, 2])]:
+    for boxes, classes in [([[1, 1, 3, 3], [2, 2, 6, 6]], [2, 1]),
+                           ([[1, 5, 2, 8], [7, 3, 10, 5]], [1, 2])]:
         inst = Instances((15, 15))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.tensor(classes)
@@ -95,7 +96,8 @@ def test_identical_to_detectron2_heads(stock_cls, lt_cls, cascade):
             proposals, _ = proposal_gen(images, features, copy.deepcopy(gts))
             _, losses = module(images, features, proposals, copy.deepcopy(gts))
         sum(losses.values()).backward()
-        return losses, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        return losses, grads
 
     stock_losses, stock_grads = train_step(stock)
     our_losses, our_grads = train_step(ours)

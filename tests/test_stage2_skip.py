@@ -91,7 +91,8 @@ def test_proposals_are_those_of_the_training_mode_rpn():
         assert torch.equal(a.objectness_logits, b.objectness_logits)
 
 
-@pytest.mark.parametrize("config", ["decoupled/crt_faster_rcnn_tiny.yaml", "mask_rcnn_tiny_ce.yaml"])
+@pytest.mark.parametrize("config", ["decoupled/crt_faster_rcnn_tiny.yaml",
+                                    "mask_rcnn_tiny_ce.yaml"])
 def test_trainable_gradients_are_unchanged(config):
     """Same proposals and RNG state at the ROI heads: the classifier's losses and gradients are
     bit-identical with and without the skipped box regression and mask losses."""
@@ -124,7 +125,8 @@ def test_nothing_is_skipped_where_a_loss_reaches_a_trainable_parameter():
     assert skipped == ["loss_rpn_cls", "loss_rpn_loc", "loss_mask"]  # box head: box reg stays
     losses, _ = _train_step(model, _batch(mask=True))
     assert "loss_box_reg" in losses
-    _, skipped = _model("mask_rcnn_tiny_ce.yaml", CLS + ["proposal_generator", "roi_heads.mask_head"])
+    _, skipped = _model("mask_rcnn_tiny_ce.yaml",
+                        CLS + ["proposal_generator", "roi_heads.mask_head"])
     assert skipped == ["loss_box_reg"]
 
 

@@ -12,7 +12,6 @@ from lt_d2.data.synthetic import (
     generate_synthetic_lt,
     shape_polygon,
 )
-
 from lt_d2.grouping import lvis_frequency
 
 from .conftest import TINY
@@ -76,7 +75,8 @@ def test_federated_labels_and_geometry(tiny_root):
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], set()).add(ann["category_id"])
         x, y, w, h = ann["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= size + 1e-6 and y + h <= size + 1e-6 and w > 0 and h > 0
+        assert 0 <= x and 0 <= y and w > 0 and h > 0
+        assert x + w <= size + 1e-6 and y + h <= size + 1e-6
         poly = np.array(ann["segmentation"][0]).reshape(-1, 2)
         assert poly.min(0)[0] >= x - 1e-6 - 0.01 or x == 0
         assert 0 < ann["area"] <= w * h + 1e-3

@@ -91,7 +91,8 @@ def test_torchvision_weights_load_into_detectron2(fake_download, builder, spec, 
     assert len(calls) == 1
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        expected = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
+        expected = tv.layer4(
+            tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
         backbone.train()  # NORM_EVAL: training mode normalises with the loaded statistics too
         out = backbone.bottom_up(x)["res5"]
     assert torch.allclose(out, expected, rtol=1e-4, atol=1e-4)
@@ -109,7 +110,8 @@ def test_handler_writes_a_model_zoo_pickle_once(fake_download, tmp_path, monkeyp
         data = pickle.load(f)
     assert data["__author__"] == "torchvision" and data["matching_heuristics"] is True
     assert all(isinstance(v, np.ndarray) for v in data["model"].values())
-    assert "stem.conv1.weight" in data["model"] and not any(k.startswith("fc") for k in data["model"])
+    assert "stem.conv1.weight" in data["model"] and not any(
+        k.startswith("fc") for k in data["model"])
     assert PathManager.get_local_path("torchvision://resnet18") == path
     assert len(calls) == 1 and len(conversions) == 1  # the second call reads the cache
     assert [f for f in os.listdir(os.path.dirname(path))] == ["resnet18-IMAGENET1K_V1.pkl"]
@@ -120,7 +122,8 @@ def test_unknown_names_say_how_to_spell_them(fake_download):
         PathManager.get_local_path("torchvision://resnet5")
     with pytest.raises(ValueError, match="no weights 'IMAGENET22K'"):
         PathManager.get_local_path("torchvision://resnet50.imagenet22k")
-    assert PathManager.exists("torchvision://resnet101") and not PathManager.exists("torchvision://vgg16")
+    assert PathManager.exists(
+        "torchvision://resnet101") and not PathManager.exists("torchvision://vgg16")
 
 
 def test_bare_name_is_mmcvs_imagenet1k_v1():

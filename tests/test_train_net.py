@@ -90,8 +90,8 @@ def test_bad_config_fails_early_with_the_fix(tiny_root, tmp_path, extra, message
 
 
 def test_too_many_processes_is_refused(tiny_root, tmp_path):
-    proc = run_train_net(["--config-file", CONFIG, "--num-gpus", "512", "OUTPUT_DIR", str(tmp_path)],
-                         tiny_root)
+    proc = run_train_net(["--config-file", CONFIG, "--num-gpus", "512",
+                          "OUTPUT_DIR", str(tmp_path)], tiny_root)
     assert proc.returncode != 0
     assert "--num-gpus 512 is more than this machine can run" in proc.stderr
     assert not os.listdir(tmp_path)

@@ -147,7 +147,8 @@ def train_table(iters, num_classes, out_dir):
     ckpt, _ = checkpoint_surgery(load_checkpoint(stage1), "reset")
     weights = os.path.join(out_dir, "ce", "model_reset_reset.pth")
     save_checkpoint(ckpt, weights, overwrite=True)
-    bacl = os.path.join(REPO, "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml")
+    bacl = os.path.join(
+        REPO, "configs/Synthetic-LT/decoupled/bacl_classifier_faster_rcnn_tiny.yaml")
     stage2 = [*common, "MODEL.WEIGHTS", weights]
     ce2, _ = train_iteration_time(bacl, iters, os.path.join(out_dir, "stage2_ce"), stage2 + [
         "MODEL.LT.CLS_LOSS", "SoftmaxCELoss", "MODEL.LT.HALLUCINATION.ENABLED", "False"])

@@ -33,7 +33,9 @@ sys.path.insert(0, REPO)
 
 import pycocotools.mask as mask_utils  # noqa: E402
 
-from lt_d2.evaluation.lvis_fast import evaluate_lvis  # noqa: E402  (imports lt_d2: lvis's np.float fix)
+from lt_d2.evaluation.lvis_fast import (  # noqa: E402  (imports lt_d2: lvis's np.float fix)
+    evaluate_lvis,
+)
 from lt_d2.evaluation.rle_column import RLEColumn  # noqa: E402
 
 
@@ -230,8 +232,9 @@ def worker(args):
     else:
         metrics = dict(evaluate_lvis(dataset, results, args.iou_type)[0])
     seconds = time.perf_counter() - start
-    print(json.dumps(dict(seconds=seconds, warm_up=warm_up, peak=memory_status("VmHWM"), input=input_rss, libraries=libraries,
-                          metrics=metrics, images=len(dataset["images"]),
+    print(json.dumps(dict(seconds=seconds, warm_up=warm_up, peak=memory_status("VmHWM"),
+                          input=input_rss, libraries=libraries, metrics=metrics,
+                          images=len(dataset["images"]),
                           annotations=len(dataset["annotations"]),
                           detections=len(results["score"] if columnar else results))))
 
@@ -246,7 +249,8 @@ def run_worker(args, backend, subset):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"])
     parser.add_argument("--images", type=int, help="19809 for bbox, 1000 for segm")
     parser.add_argument("--classes", type=int, default=1203)
@@ -267,16 +271,18 @@ def main():
     api_images = min(args.api_images, args.images)
     gib = 2.0 ** 30
     full = run_worker(args, "fast", 0)
-    print(f"{args.iou_type}: {full['images']} images, {args.classes} classes, {full['annotations']} "
-          f"annotations, {full['detections']} detections")
-    print(f"fast ({args.input}), full set: {full['seconds']:8.2f} s   peak {full['peak'] / gib:.2f} GiB "
-          f"(before evaluating: {full['input'] / gib:.2f} GiB, of which {full['libraries'] / gib:.2f} GiB "
-          f"interpreter and libraries; evaluation adds {(full['peak'] - full['input']) / gib:.2f} GiB)")
+    print(f"{args.iou_type}: {full['images']} images, {args.classes} classes, "
+          f"{full['annotations']} annotations, {full['detections']} detections")
+    peak, before, libraries = full["peak"] / gib, full["input"] / gib, full["libraries"] / gib
+    print(f"fast ({args.input}), full set: {full['seconds']:8.2f} s   peak {peak:.2f} GiB "
+          f"(before evaluating: {before:.2f} GiB, of which {libraries:.2f} GiB "
+          f"interpreter and libraries; evaluation adds {peak - before:.2f} GiB)")
     fast = run_worker(args, "fast", api_images)
     api = run_worker(args, "lvis-api", api_images)
     print(f"subset: first {api['images']} images, {api['annotations']} annotations, "
           f"{api['detections']} detections")
-    print(f"fast ({args.input}), subset:   {fast['seconds']:8.2f} s   peak {fast['peak'] / gib:.2f} GiB "
+    print(f"fast ({args.input}), subset:   {fast['seconds']:8.2f} s   "
+          f"peak {fast['peak'] / gib:.2f} GiB "
           f"(input {fast['input'] / gib:.2f} GiB)")
     print(f"lvis-api, subset:     {api['seconds']:8.2f} s   peak {api['peak'] / gib:.2f} GiB "
           f"(input {api['input'] / gib:.2f} GiB)")
@@ -291,8 +297,10 @@ def main():
     diff = {k: abs(fast["metrics"][k] - api["metrics"][k]) for k in api["metrics"]}
     print("max |fast - lvis-api| over the subset's metrics: "
           f"{max(diff.values()):.3g} ({', '.join(f'{k} {v:.3g}' for k, v in diff.items())})")
-    print("metrics (subset, lvis-api): " + ", ".join(f"{k} {v:.4f}" for k, v in api["metrics"].items()))
-    print("metrics (full set, fast):   " + ", ".join(f"{k} {v:.4f}" for k, v in full["metrics"].items()))
+    print("metrics (subset, lvis-api): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in api["metrics"].items()))
+    print("metrics (full set, fast):   "
+          + ", ".join(f"{k} {v:.4f}" for k, v in full["metrics"].items()))
 
 
 if __name__ == "__main__":

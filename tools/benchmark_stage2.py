@@ -3,7 +3,8 @@
 """Benchmark decoupled stage two: seconds per training iteration with and without skipping
 the losses of frozen heads (RPN, box regression, mask; see lt_d2.engine.freeze).
 
-    python tools/benchmark_stage2.py [--config-file configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml]
+    python tools/benchmark_stage2.py
+        [--config-file configs/Synthetic-LT/decoupled/crt_faster_rcnn_tiny.yaml]
         [--iters 30] [--warmup 5] [KEY VALUE ...]
 
 Uses the synthetic set ($DETECTRON2_DATASETS/lt_synthetic; generated if absent) and, as the
@@ -24,13 +25,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import lt_d2  # noqa: E402,F401  compatibility fixes first
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import DefaultTrainer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+import lt_d2  # noqa: E402,F401  compatibility fixes first
 from lt_d2.config import add_lt_config  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
 from lt_d2.engine.freeze import freeze_all_but, skip_frozen_losses  # noqa: E402
@@ -72,7 +73,8 @@ def main(argv=None):
     cfg.merge_from_file(os.path.join(REPO, args.config_file))
     cfg.merge_from_list(args.opts)
     if not cfg.MODEL.LT.TRAINABLE:
-        raise ValueError(f"{args.config_file} is not a stage-two config (MODEL.LT.TRAINABLE is empty).")
+        raise ValueError(
+            f"{args.config_file} is not a stage-two config (MODEL.LT.TRAINABLE is empty).")
     torch.manual_seed(0)
     stage_one = DefaultTrainer.build_model(cfg)  # random init stands in for stage-one weights
     loader = iter(LTTrainer.build_train_loader(cfg))

@@ -15,7 +15,8 @@ The input may also be a detectron2 model-zoo .pkl or a URL detectron2's PathMana
 --out is required), e.g. a COCO detector as an LVIS stage-one init:
 
     python tools/ckpt_surgery.py --method remove --num-classes 1230 --out coco_r50_init.pth \
-        --ckpt-path detectron2://COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl
+        --ckpt-path \
+        detectron2://COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl
 """
 import argparse
 import os

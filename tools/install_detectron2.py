@@ -132,7 +132,8 @@ def fetch_sdist(index, dest_dir):
 def verify_sha256(path, expected=SDIST_SHA256):
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     if digest != expected:
-        raise SystemExit(f"{path}: sha256 {digest} does not match the pinned {expected}; refusing it.")
+        raise SystemExit(
+            f"{path}: sha256 {digest} does not match the pinned {expected}; refusing it.")
 
 
 def make_pure_python_tree(sdist_path, work_dir):

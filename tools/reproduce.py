@@ -32,7 +32,8 @@ from lt_d2.reproduce.pipeline import check_datasets, check_inputs
 def print_list(results):
     rows = [("id", "main metric", "published", "pipeline")]
     for r in results.values():
-        configs = " -> ".join(s.config if s.kind == "train" else f"[{s.method}]" for s in r.pipeline)
+        configs = " -> ".join(s.config if s.kind == "train" else f"[{s.method}]"
+                              for s in r.pipeline)
         rows.append((r.id, r.main_metric, f"{r.published[r.main_metric]:g}", configs))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -87,7 +88,8 @@ def main(argv=None):
                                 overwrite=args.overwrite)
         selected = [a for a in actions if args.step is None or a.step == args.step]
         if not selected:
-            raise PaperResultsError(f"--step {args.step}: {args.id} has steps 1..{actions[-1].step}.")
+            raise PaperResultsError(
+                f"--step {args.step}: {args.id} has steps 1..{actions[-1].step}.")
         print(f"{result.id}: {result.paper}\nmeasured on {result.dataset}; output in "
               f"{os.path.abspath(args.output_dir)}")
         if args.dry_run:
@@ -106,7 +108,7 @@ def main(argv=None):
     measured = measured_metrics(actions[-1].output, result.published)
     rows = comparison_rows(result.published, measured)
     print(f"\n{result.id} on {result.dataset}" + (f" (with overrides {' '.join(args.opts)})"
-                                                   if args.opts else "") + ":")
+                                                  if args.opts else "") + ":")
     print(format_table(rows))
     out = os.path.join(args.output_dir, "results", f"{result.id}.json")
     write_json_atomic({

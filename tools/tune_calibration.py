@@ -21,16 +21,21 @@ import sys
 import time
 
 import torch
-
-import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2.data
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
+
+import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2.data
 from lt_d2.config import add_lt_config
 from lt_d2.data.dataset_stats import train_class_stats
 from lt_d2.engine import LTTrainer, check_config
-from lt_d2.evaluation.calibration_sweep import (best_row, cache_bytes, collect_raw_scores,
-                                                format_table, sweep_calibration)
+from lt_d2.evaluation.calibration_sweep import (
+    best_row,
+    cache_bytes,
+    collect_raw_scores,
+    format_table,
+    sweep_calibration,
+)
 from lt_d2.modeling.calibration import check_calibration_applies, training_counts
 
 DEFAULT_VALUES = {

@@ -18,7 +18,6 @@ from detectron2.data.common import DatasetFromList
 from detectron2.structures import BitMasks, Instances
 
 
-
 def large_scale_jitter(image_size, min_scale, max_scale):
     """Resize to a random scale in [min_scale, max_scale] of ``image_size`` (square), crop or
     pad to ``image_size``, and flip horizontally half of the time."""
@@ -74,7 +73,8 @@ class CopyPasteDatasetMapper:
         self.base_mapper = base_mapper
         # serialised once: workers share it instead of one Python list each
         self.dataset = DatasetFromList(dataset_dicts, copy=False, serialize=True)
-        self.copy_paste, self.max_num_pasted, self.keep_masks = copy_paste, max_num_pasted, keep_masks
+        self.copy_paste, self.max_num_pasted = copy_paste, max_num_pasted
+        self.keep_masks = keep_masks
 
     @classmethod
     def from_config(cls, cfg, dataset_dicts):
@@ -94,11 +94,13 @@ class CopyPasteDatasetMapper:
     def __call__(self, dataset_dict):
         out = self.base_mapper(copy.deepcopy(dataset_dict))
         if self.copy_paste:
-            other = self.base_mapper(copy.deepcopy(self.dataset[np.random.randint(len(self.dataset))]))
+            partner = self.dataset[np.random.randint(len(self.dataset))]
+            other = self.base_mapper(copy.deepcopy(partner))
             src = other["instances"]
             if len(src) and other["image"].shape == out["image"].shape:
                 count = np.random.randint(0, min(len(src), self.max_num_pasted) + 1)
-                selected = torch.as_tensor(np.random.permutation(len(src))[:count], dtype=torch.long)
+                order = np.random.permutation(len(src))
+                selected = torch.as_tensor(order[:count], dtype=torch.long)
                 out["image"], out["instances"] = paste_instances(
                     out["image"], out["instances"], other["image"], src, selected)
         if not self.keep_masks and out["instances"].has("gt_masks"):

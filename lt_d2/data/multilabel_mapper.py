@@ -11,8 +11,9 @@ import copy
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetFromList, MapDataset, get_detection_dataset_dicts
+from detectron2.data import DatasetFromList, MapDataset
 from detectron2.data import detection_utils as utils
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.data import transforms as T
 from detectron2.data.samplers import InferenceSampler
 

@@ -28,9 +28,15 @@ import numpy as np
 
 from ..file_io import check_output_path, write_json_atomic
 from ..grouping import count_quantiles, lvis_frequency
-from .openimages_csv import (OpenImagesFormatError, image_size_from_file, read_boxes,
-                             read_class_descriptions, read_hierarchy, read_image_labels,
-                             read_image_sizes)
+from .openimages_csv import (
+    OpenImagesFormatError,
+    image_size_from_file,
+    read_boxes,
+    read_class_descriptions,
+    read_hierarchy,
+    read_image_labels,
+    read_image_sizes,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupO
 LABEL_COLUMNS = ("ImageID", "LabelName", "Confidence")
 SIZE_COLUMNS = ("ImageID", "Width", "Height")
 
+
 class OpenImagesFormatError(ValueError):
     """Open Images CSV/json input that cannot be converted."""
 

@@ -55,7 +55,8 @@ class RepeatFactorTrainingSampler(d2_samplers.RepeatFactorTrainingSampler):
         if rounding == "ceil":
             factors = torch.ceil(factors)  # no fractional part: stochastic rounding is exact
         elif rounding != "stochastic":
-            raise ValueError(f"DATALOADER.LT.REPEAT_ROUNDING={rounding!r}: use 'stochastic' or 'ceil'.")
+            raise ValueError(
+                f"DATALOADER.LT.REPEAT_ROUNDING={rounding!r}: use 'stochastic' or 'ceil'.")
         return cls(factors, seed=seed)
 
 

@@ -117,7 +117,8 @@ class _MappedStream(IterableDataset):
                 # as detectron2's MapDataset: another image, here drawn from the seeded RNG
                 idx = int(np.random.randint(len(self.dataset)))
                 if retry == 2:
-                    logger.warning("The mapper dropped 3 images in a row at stream position %d.", pos)
+                    logger.warning(
+                        "The mapper dropped 3 images in a row at stream position %d.", pos)
 
     def __iter__(self):
         info = get_worker_info()
@@ -179,11 +180,13 @@ class ResumableTrainLoader:
             if changed:
                 logger.warning("Resuming with a different %s than the checkpointed run (%s -> %s): "
                                "the data stream continues at the same number of batches but not "
-                               "with the images the earlier run would have seen.", ", ".join(changed),
-                               [state.get(k) for k in changed], [current[k] for k in changed])
+                               "with the images the earlier run would have seen.",
+                               ", ".join(changed), [state.get(k) for k in changed],
+                               [current[k] for k in changed])
         self._start, self._pending = self._position_after(num_batches)
         logger.info("Data stream resumes after %d batches: at sampler position %d, with %d images "
-                    "waiting in the aspect-ratio groups.", num_batches, self._start, len(self._pending))
+                    "waiting in the aspect-ratio groups.", num_batches, self._start,
+                    len(self._pending))
 
     def _position_after(self, num_batches):
         if num_batches <= 0:

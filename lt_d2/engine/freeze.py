@@ -134,7 +134,8 @@ def check_weights_fit(model, weights_path):
     if not os.path.isfile(local):
         raise FileNotFoundError(
             f"MODEL.WEIGHTS '{weights_path}' does not exist. Stage two loads the stage-one "
-            "checkpoint after `python tools/ckpt_surgery.py --ckpt-path ... --method remove|reset`.")
+            "checkpoint after `python tools/ckpt_surgery.py --ckpt-path ... "
+            "--method remove|reset`.")
     state = torch.load(local, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     required = {n: p for n, p in model.named_parameters() if not p.requires_grad}

@@ -177,8 +177,8 @@ def _truncate_metrics(trainer, last_write):
         if not isinstance(last, int) or not isinstance(getattr(writer, "_last_write", None), int):
             continue
         writer._last_write = last
-        if isinstance(writer, JSONWriter) and os.path.isfile(getattr(writer._file_handle, "name", "")):
-            path = writer._file_handle.name
+        path = getattr(writer._file_handle, "name", "") if isinstance(writer, JSONWriter) else ""
+        if os.path.isfile(path):
             strict = isinstance(writer._file_handle, _StrictJSONLines)
             writer._file_handle.close()
             with open(path) as f:

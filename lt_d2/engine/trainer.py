@@ -8,8 +8,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
 from ..config import is_multilabel
-from ..data import build_training_sampler, check_dataset_files
-from ..data import dataset_stats
+from ..data import build_training_sampler, check_dataset_files, dataset_stats
 from ..data.copy_paste import CopyPasteDatasetMapper
 from ..data.multilabel_mapper import MultiLabelDatasetMapper, build_multilabel_test_loader
 from ..data.stream import ResumableTrainLoader
@@ -115,8 +114,9 @@ class LTTrainer(DefaultTrainer):
         has_checkpoint = resume and self.checkpointer.has_checkpoint()
         if self.cfg.MODEL.LT.TRAINABLE and not has_checkpoint:
             if not self.cfg.MODEL.WEIGHTS:
-                raise ValueError("MODEL.LT.TRAINABLE is set (decoupled stage two) but MODEL.WEIGHTS "
-                                 "is empty: point it at the stage-one checkpoint after surgery.")
+                raise ValueError("MODEL.LT.TRAINABLE is set (decoupled stage two) but "
+                                 "MODEL.WEIGHTS is empty: point it at the stage-one checkpoint "
+                                 "after surgery.")
             model = self.model.module if hasattr(self.model, "module") else self.model
             check_weights_fit(model, self.cfg.MODEL.WEIGHTS)
         if has_checkpoint:

@@ -25,11 +25,12 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..grouping import LVIS_FREQUENCIES
 from ..file_io import atomic_write
+from ..grouping import LVIS_FREQUENCIES
 from .longtail_report import group_aps, per_class_ap
 
 logger = logging.getLogger(__name__)
+
 
 def _top_k_indices(scores, image_ids, positions, k):
     """Indices of the k best detections of one class: highest score first; among equal scores
@@ -309,4 +310,4 @@ class FixedAPEvaluator(DatasetEvaluator):
                               "per_class_ap": per_class}, indent=1).encode("utf-8")
         PathManager.mkdirs(self._output_dir)
         atomic_write(os.path.join(self._output_dir, "fixed_ap_bbox.json"),
-                      lambda f: f.write(payload))
+                     lambda f: f.write(payload))

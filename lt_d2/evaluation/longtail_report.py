@@ -24,8 +24,8 @@ import numpy as np
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..grouping import LVIS_FREQUENCIES, LVIS_FREQUENCY_NAMES, lvis_frequency_boundaries
 from ..file_io import atomic_write
+from ..grouping import LVIS_FREQUENCIES, LVIS_FREQUENCY_NAMES, lvis_frequency_boundaries
 from .means import mean_of_defined
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def write_longtail_report(output_dir, task, class_names, per_class_ap, image_cou
     }
     payload = json.dumps(report, indent=1).encode("utf-8")
     atomic_write(os.path.join(output_dir, f"longtail_report_{task}.json"),
-                  lambda f: f.write(payload))
+                 lambda f: f.write(payload))
     _plot(os.path.join(output_dir, f"longtail_ap_vs_frequency_{task}.png"), task, per_class,
           image_count, frequency, groups)
     return groups

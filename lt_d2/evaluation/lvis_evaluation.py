@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pycocotools.mask as mask_utils
-
 from detectron2.evaluation import LVISEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager

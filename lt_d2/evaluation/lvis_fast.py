@@ -33,8 +33,7 @@ import numpy as np
 from ..grouping import LVIS_FREQUENCIES
 from . import lvis_fast_masks
 from .lvis_fast_accumulate import accumulate, lvis_summary
-from .lvis_fast_match import (AREA_RANGES, box_candidate_pairs, greedy_match,
-                              mask_candidate_pairs)
+from .lvis_fast_match import AREA_RANGES, box_candidate_pairs, greedy_match, mask_candidate_pairs
 from .lvis_fast_polygons import ground_truth_masks
 from .lvis_fast_results import columnar_results, detections, result_dicts, to_rle
 

@@ -24,8 +24,15 @@ from collections import OrderedDict
 import numpy as np
 
 from ..grouping import LVIS_FREQUENCIES
-from .lvis_fast_match import (AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, MATCHED,
-                              MATCHED_ID0_IGNORED, MATCHED_IGNORED, RECALL_THRESHOLDS)
+from .lvis_fast_match import (
+    AREA_LABELS,
+    AREA_RANGES,
+    IOU_THRESHOLDS,
+    MATCHED,
+    MATCHED_ID0_IGNORED,
+    MATCHED_IGNORED,
+    RECALL_THRESHOLDS,
+)
 from .means import lvis_mean
 
 _AREA_LO, _AREA_HI = np.array(AREA_RANGES, np.float64).T

@@ -19,6 +19,8 @@ import numpy as np
 from .lvis_fast_masks import AVAILABLE, DecodedMasks, ParsedMasks, _advance, _jit
 
 _SCALE = 5.0
+
+
 @_jit
 def _upsampled_corners(xy):
     """The polygon's corners on the 5x grid, closed (first corner repeated), as C ints."""

@@ -162,8 +162,9 @@ def evaluate_openimages(gt_images, predictions, num_classes, ancestors=None,
             scores[k].append(s)
             is_tp[k].append(t)
     return np.array([
-        interpolated_average_precision(np.concatenate(scores[k]) if scores[k] else np.zeros(0),
-                          np.concatenate(is_tp[k]) if is_tp[k] else np.zeros(0, bool), num_gt[k])
+        interpolated_average_precision(
+            np.concatenate(scores[k]) if scores[k] else np.zeros(0),
+            np.concatenate(is_tp[k]) if is_tp[k] else np.zeros(0, bool), num_gt[k])
         for k in range(num_classes)])
 
 

@@ -1,6 +1,6 @@
 # Copyright (c) lt_d2 contributors.
 """The box predictor of lt_d2's ROI heads: detectron2's, with a pluggable classification loss."""
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +129,8 @@ class LTFastRCNNOutputLayers(FastRCNNOutputLayers):
         head = cfg.MODEL.ROI_BOX_HEAD
         if head.get("USE_SIGMOID_CE", False) or head.get("USE_FED_LOSS", False):
             raise ValueError(
-                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE / USE_FED_LOSS do not apply to lt_d2's ROI heads;"
-                " set MODEL.LT.CLS_LOSS to SigmoidCELoss or FederatedLoss instead.")
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE / USE_FED_LOSS do not apply to lt_d2's ROI "
+                "heads; set MODEL.LT.CLS_LOSS to SigmoidCELoss or FederatedLoss instead.")
         ret["cls_loss"] = build_cls_loss(cfg, ret["num_classes"])
         ret["classifier"] = cfg.MODEL.LT.CLASSIFIER
         ret["cosine_scale"] = cfg.MODEL.LT.COSINE_SCALE

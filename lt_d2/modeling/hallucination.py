@@ -138,4 +138,3 @@ class FeatureHallucinator(nn.Module):
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
                 f"momentum={self.momentum}, num_sampled_classes={self.num_sampled_classes}, "
                 f"num_per_class={self.num_per_class}, sync_stats={self.sync_stats}")
-

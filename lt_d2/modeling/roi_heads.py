@@ -229,7 +229,7 @@ class LTCascadeROIHeads(MaskLossSwitch, CascadeROIHeads):
         """
         features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        stages = []
+        stages, boxes = [], None
         for k in range(self.num_cascade_stages):
             if k > 0:
                 proposals = self._create_proposals_from_boxes(boxes, image_sizes)

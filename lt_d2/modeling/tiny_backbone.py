@@ -35,10 +35,12 @@ class TinyNet(Backbone):
     def __init__(self, in_channels, channels, norm, out_features):
         super().__init__()
         if len(channels) != len(STAGE_NAMES):
-            raise ValueError(f"MODEL.TINY_NET.CHANNELS needs {len(STAGE_NAMES)} values, got {channels}")
+            raise ValueError(
+                f"MODEL.TINY_NET.CHANNELS needs {len(STAGE_NAMES)} values, got {channels}")
         unknown = set(out_features) - set(STAGE_NAMES)
         if unknown:
-            raise ValueError(f"Unknown MODEL.TINY_NET.OUT_FEATURES {sorted(unknown)}; use {STAGE_NAMES}")
+            raise ValueError(
+                f"Unknown MODEL.TINY_NET.OUT_FEATURES {sorted(unknown)}; use {STAGE_NAMES}")
         self.stages = nn.ModuleDict()
         prev = in_channels
         for i, (name, ch) in enumerate(zip(STAGE_NAMES, channels)):
@@ -61,7 +63,8 @@ class TinyNet(Backbone):
 
     def output_shape(self):
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
             for n in self._out_features
         }
 

@@ -128,7 +128,8 @@ def check_inputs(actions, selected):
             first = by_output.get(a.needs)
             hint = (f"step {first.step} ({first.describe}): run it first (--step {first.step}, "
                     "or the whole pipeline without --step)") if first else "an earlier step"
-            raise PaperResultsError(f"Step {a.step} ({a.describe}) needs {a.needs}, made by {hint}.")
+            raise PaperResultsError(
+                f"Step {a.step} ({a.describe}) needs {a.needs}, made by {hint}.")
 
 
 def check_datasets(actions, opts=()):

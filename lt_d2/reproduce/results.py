@@ -105,9 +105,11 @@ def _entry(raw, where):
         raise PaperResultsError(f"{where}: 'pipeline' is a non-empty list of steps.")
     pipeline = tuple(_step(s, f"{where} step {i}") for i, s in enumerate(raw["pipeline"], 1))
     for i, step in enumerate(pipeline):
-        if step.kind == "surgery" and not step.input and (i == 0 or pipeline[i - 1].kind != "train"):
+        after_train = i > 0 and pipeline[i - 1].kind == "train"
+        if step.kind == "surgery" and not step.input and not after_train:
             raise PaperResultsError(f"{where} step {i + 1}: surgery without 'input' works on the "
-                                    "previous train step's model_final.pth; put a train step first.")
+                                    "previous train step's model_final.pth; put a train step "
+                                    "first.")
         if step.kind == "surgery" and step.input and i != 0:
             raise PaperResultsError(f"{where} step {i + 1}: only a first step takes 'input'.")
     if pipeline[-1].kind != "train":

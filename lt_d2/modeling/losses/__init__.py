@@ -4,6 +4,7 @@
 Each file holds one loss: a plain function with its math (``<name>_loss``, returning the loss)
 and the registered module that holds its configuration and state (``<Name>Loss``).
 """
+from .acsl import ACSLLoss, acsl_loss, acsl_weights
 from .base import (
     CLS_LOSS_REGISTRY,
     DEPRECATED_CLS_LOSS_NAMES,
@@ -11,7 +12,6 @@ from .base import (
     build_cls_loss,
     resolve_cls_loss_name,
 )
-from .acsl import ACSLLoss, acsl_loss, acsl_weights
 from .distribution_balanced import DistributionBalancedLoss, distribution_balanced_loss
 from .eql import EQLLoss, eql_loss
 from .eqlv2 import EQLv2Loss, eqlv2_loss

@@ -207,4 +207,5 @@ class DistributionBalancedLoss(LTClassificationLoss):
         return append_zero_background(logits.sigmoid())
 
     def extra_repr(self):
-        return f"num_classes={self.num_classes}, " + ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+        hparams = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+        return f"num_classes={self.num_classes}, {hparams}"

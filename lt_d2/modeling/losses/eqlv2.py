@@ -99,4 +99,5 @@ class EQLv2Loss(LTClassificationLoss):
         return sigmoid_with_objectness(logits)
 
     def extra_repr(self):
-        return f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
+        return (f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, "
+                f"alpha={self.alpha}")

@@ -71,7 +71,8 @@ class FederatedLoss(LTClassificationLoss):
         super().__init__(num_classes)
         self.freq_weight_power = freq_weight_power
         self.num_fed_classes = num_fed_classes
-        weights = None if image_count is None else torch.as_tensor(image_count).float() ** freq_weight_power
+        weights = (None if image_count is None
+                   else torch.as_tensor(image_count).float() ** freq_weight_power)
         self.register_buffer("class_weights", weights, persistent=False)
 
     @classmethod

@@ -60,11 +60,13 @@ def group_softmax_loss(logits, gt_classes, layout, others_ratio=8.0):
         labels = torch.where(in_bin, column - offset, torch.zeros_like(column))
         others = torch.nonzero(~in_bin).flatten()
         keep = in_bin.clone()
-        keep[others[torch.randperm(len(others), device=logits.device)[:int(others_ratio * num_in)]]] = True
+        drawn = torch.randperm(len(others), device=logits.device)[:int(others_ratio * num_in)]
+        keep[others[drawn]] = True
         ce = F.cross_entropy(bin_logits[keep], labels[keep], reduction="sum")
         loss = loss + ce / max(int(keep.sum()), 1)
     bg_logits = logits[:, layout.bg_offset: layout.bg_offset + 2]
-    loss = loss + F.cross_entropy(bg_logits, (~is_fg).long(), reduction="sum") / max(len(gt_classes), 1)
+    loss = loss + F.cross_entropy(bg_logits, (~is_fg).long(),
+                                  reduction="sum") / max(len(gt_classes), 1)
     return loss
 
 

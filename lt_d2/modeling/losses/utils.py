@@ -44,7 +44,8 @@ def bce_with_logits(logits, targets):
     abs_logits = logits.abs()
     loss = torch.sigmoid(abs_logits).log_().neg_()  # log(1 + exp(-|z|))
     # max(z, 0) = (z + |z|) / 2
-    return loss.add_(abs_logits, alpha=0.5).add_(logits, alpha=0.5).addcmul_(logits, targets, value=-1)
+    loss = loss.add_(abs_logits, alpha=0.5).add_(logits, alpha=0.5)
+    return loss.addcmul_(logits, targets, value=-1)
 
 
 def bce_logit_grad(logits, targets, scale=None):
