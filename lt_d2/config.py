@@ -265,10 +265,11 @@ def add_lt_test_config(cfg):
     # before the score threshold, NMS and the per-image cap. Training is unchanged.
     cfg.TEST.LT.CALIBRATION = CN()
     # "none", "norcal" (scores * N_c^-GAMMA, Pan et al. 2021) or "logit_adjust" (logits minus
-    # TAU * log(N_c / N), Menon et al. 2021). Needs a loss with a background score (softmax CE,
-    # Seesaw, BAGS, FCBL) and the class statistics of DATASETS.TRAIN.
+    # TAU * log(N_c / N), Menon et al. 2021). Needs a loss that declares
+    # scores_have_background and the class statistics of DATASETS.TRAIN.
     cfg.TEST.LT.CALIBRATION.METHOD = "none"
-    # NorCal's exponent; tune it per model with tools/tune_calibration.py.
+    # NorCal's exponent: lt_d2's starting value, not a paper's (the official code sets it per
+    # model); tune it with tools/tune_calibration.py.
     cfg.TEST.LT.CALIBRATION.GAMMA = 0.6
     # Logit adjustment's temperature.
     cfg.TEST.LT.CALIBRATION.TAU = 1.0

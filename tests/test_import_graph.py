@@ -146,3 +146,19 @@ def test_every_tool_imports():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "", proc.stdout
+
+
+def test_tools_import_lt_d2_before_detectron2():
+    """lt_d2's compatibility fixes must run before detectron2.data is imported (detectron2 0.6
+    reads PIL names at import time): every tool imports lt_d2 before any detectron2 module."""
+    late = []
+    for path in sorted((pathlib.Path(REPO) / "tools").glob("*.py")):
+        order = [alias.name if isinstance(node, ast.Import) else node.module or ""
+                 for node in ast.parse(path.read_text()).body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in (node.names if isinstance(node, ast.Import) else [None])]
+        first_d2 = next((i for i, m in enumerate(order) if m.split(".")[0] == "detectron2"), None)
+        first_lt = next((i for i, m in enumerate(order) if m.split(".")[0] == "lt_d2"), None)
+        if first_d2 is not None and (first_lt is None or first_lt > first_d2):
+            late.append(path.name)
+    assert not late, f"import lt_d2 first (then `# isort: split`) in: {late}"

@@ -13,9 +13,12 @@ import sys
 import time
 
 import numpy as np
+
+import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2
+
+# isort: split
 from detectron2.config import get_cfg
 
-import lt_d2  # noqa: F401
 from lt_d2.config import add_lt_config
 from lt_d2.data import SAMPLER_REGISTRY, build_training_sampler
 

@@ -26,12 +26,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
+
+import lt_d2  # noqa: F401,E402  compatibility fixes and registration, before detectron2
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import DefaultTrainer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import lt_d2  # noqa: E402,F401  compatibility fixes first
 from lt_d2.config import add_lt_config  # noqa: E402
 from lt_d2.engine import LTTrainer  # noqa: E402
 from lt_d2.engine.freeze import freeze_all_but, skip_frozen_losses  # noqa: E402

@@ -7,6 +7,9 @@
 """
 import sys
 
+import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, hooks
@@ -14,7 +17,6 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2.data
 from lt_d2.config import add_lt_config
 from lt_d2.engine import LTTrainer, check_config, write_eval_metrics
 from lt_d2.engine.launch import check_num_processes, launch

@@ -21,11 +21,14 @@ import sys
 import time
 
 import torch
+
+import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2.data
 from lt_d2.config import add_lt_config
 from lt_d2.data.dataset_stats import train_class_stats
 from lt_d2.engine import LTTrainer, check_config
