@@ -17,8 +17,10 @@ __all__ = ["build_lt_evaluator"]
 
 
 def _has_compiled_ops():
-    from detectron2 import _C
-
+    try:  # absent from a source tree that was not built; a stub in the pure-Python 0.6 install
+        from detectron2 import _C
+    except ImportError:
+        return False
     return hasattr(_C, "get_compiler_version")
 
 
