@@ -11,6 +11,7 @@ import pytest
 
 from lt_d2.leaderboard import METHODS, markdown_table, plan_method, select_methods, summarize_runs
 from lt_d2.leaderboard.report import csv_text
+from lt_d2.leaderboard.run import own_training
 
 from .conftest import REPO, tiny_opts
 
@@ -52,6 +53,13 @@ def test_methods_and_their_stages():
         first = plan_method(METHODS[name], 3, "/tmp/lb")[0]
         assert first.argv == stage_one.argv and first.output == stage_one.output
     assert "seed3" in stage_one.output and stage_one.argv[-2:] == ["SEED", "3"]
+    # a row's training time is what the method adds to the shared stage one
+    own = {name: [a.output for a in own_training(METHODS[name], plan_method(METHODS[name], 3,
+                                                                            "/tmp/lb"))]
+           for name in ("softmax_ce", "crt", "softmax_ce_norcal")}
+    assert own["softmax_ce"] == [stage_one.output] and own["softmax_ce_norcal"] == []
+    assert own["crt"] == [os.path.join("/tmp/lb/seed3/Synthetic-LT/decoupled/crt_faster_rcnn_tiny",
+                                       "model_final.pth")]
 
 
 def leaderboard(*args, env):

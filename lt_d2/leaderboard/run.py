@@ -80,13 +80,19 @@ def run_method(method, seed, output_dir, *, opts=(), num_gpus=1, log=print, run=
     return actions
 
 
+def own_training(method, actions):
+    """The training actions a method adds: all of an end-to-end method's, a decoupled method's
+    stage two (its stage one is the shared softmax CE run, a row of its own), none for a
+    post-hoc method."""
+    trains = [a for a in actions if a.kind == "train"]
+    return trains if method.kind == "end-to-end" else trains[1:]
+
+
 def train_seconds(actions, key="seconds"):
-    """Wall (or, with key="cpu_seconds", CPU) seconds of every training stage of a method, shared
-    stages included, or None when a stage was trained without a time record."""
+    """Wall (or, with key="cpu_seconds", CPU) seconds of the training ``actions``, or None when
+    one of them was trained without a time record."""
     total = 0.0
     for a in actions:
-        if a.kind != "train":
-            continue
         path = os.path.join(os.path.dirname(a.output), TIME_RECORD)
         if not os.path.isfile(path):
             return None
@@ -102,5 +108,6 @@ def method_outcome(method, seed, output_dir, *, opts=(), num_gpus=1):
     metrics = measured_metrics(actions[-1].output, METRICS)
     if set(metrics) != set(METRICS):
         return None
-    return {"metrics": metrics, "train_seconds": train_seconds(actions),
-            "train_cpu_seconds": train_seconds(actions, "cpu_seconds")}
+    own = own_training(method, actions)
+    return {"metrics": metrics, "train_seconds": train_seconds(own),
+            "train_cpu_seconds": train_seconds(own, "cpu_seconds")}
