@@ -101,3 +101,14 @@ def test_bad_requests_name_the_fix(tmp_path):
     assert proc.returncode != 0 and "choose from: softmax_ce" in proc.stderr
     proc = leaderboard("--output-dir", str(tmp_path), "SOLVER.MAX_ITER", env=dict(os.environ))
     assert proc.returncode != 0 and "KEY VALUE pairs" in proc.stderr
+
+
+def test_the_readme_table_is_the_published_leaderboard():
+    folder = os.path.join(REPO, "configs", "Synthetic-LT", "leaderboard")
+    with open(os.path.join(folder, "leaderboard.md")) as f:
+        table = f.read().strip()
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    assert table in readme, "copy output/leaderboard/leaderboard.md into the README"
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == list(METHODS)
+    assert os.path.isfile(os.path.join(folder, "leaderboard.png"))
