@@ -20,8 +20,6 @@ import re
 import sys
 import time
 
-import torch
-
 import lt_d2  # noqa: F401  compatibility fixes and registration, before detectron2
 
 # isort: split
@@ -37,9 +35,10 @@ from lt_d2.evaluation.calibration_sweep import (
     cache_bytes,
     collect_raw_scores,
     format_table,
+    score_predictor,
     sweep_calibration,
 )
-from lt_d2.modeling.calibration import check_calibration_applies, training_counts
+from lt_d2.modeling.calibration import EXPONENT_KEYS, check_calibration_applies, training_counts
 
 DEFAULT_VALUES = {
     "norcal": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2],
@@ -99,7 +98,7 @@ def main(argv=None):
     values = args.values if args.values is not None else DEFAULT_VALUES[args.method]
     check_config(cfg, training=False)
     model = LTTrainer.build_model(cfg)
-    check_calibration_applies(args.method, _loss_of(model))
+    check_calibration_applies(args.method, score_predictor(model).cls_loss)
     counts = training_counts(
         lambda: train_class_stats(cfg, "calibration cannot be tuned."), count, args.method)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -116,17 +115,11 @@ def main(argv=None):
           f"({args.method}, counts per class: training {count}s; bbox).")
     print(format_table(rows, args.method))
     value, metrics = best_row(rows, args.metric)
-    key = "GAMMA" if args.method == "norcal" else "TAU"
+    key = EXPONENT_KEYS[args.method]
     print(f"Best by {args.metric}: {value:g} ({args.metric} {metrics[args.metric]:.2f}). Use: "
           f"TEST.LT.CALIBRATION.METHOD {args.method} TEST.LT.CALIBRATION.{key} {float(value)}"
           f" TEST.LT.CALIBRATION.COUNT {count}")
     return rows
-
-
-def _loss_of(model):
-    """The loss that scores the model's detections (the last stage's for Cascade R-CNN)."""
-    predictor = model.roi_heads.box_predictor
-    return (predictor[-1] if isinstance(predictor, torch.nn.ModuleList) else predictor).cls_loss
 
 
 if __name__ == "__main__":

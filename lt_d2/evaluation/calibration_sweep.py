@@ -28,8 +28,13 @@ from detectron2.modeling.roi_heads import cascade_rcnn
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 
 from ..modeling import box_predictor, roi_heads
-from ..modeling.calibration import calibrate_probs, calibration_weights
-from .lvis_evaluation import REPORTED_METRICS, _concat_columns, _instances_to_columns
+from ..modeling.calibration import EXPONENT_KEYS, calibrate_probs, calibration_weights
+from .lvis_evaluation import (
+    REPORTED_METRICS,
+    _concat_columns,
+    _instances_to_columns,
+    to_dataset_category_ids,
+)
 from .lvis_fast import evaluate_lvis
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ def _recording_postprocess_inputs(calls):
             module.fast_rcnn_inference = function
 
 
-def _score_predictor(model):
+def score_predictor(model):
     """The predictor whose scores the model's inference post-processes, checked."""
     heads = model.roi_heads
     predictor = heads.box_predictor[-1] if isinstance(heads.box_predictor, torch.nn.ModuleList) \
@@ -74,7 +79,7 @@ def collect_raw_scores(model, data_loader, max_images=None):
     ``data_loader``; return (records, post-processing parameters (score threshold, NMS
     threshold, top-k)). Each record: image_id, height, width, image_size, boxes (R, 4K) and
     scores (R, K+1), float32 on the CPU."""
-    predictor = _score_predictor(model)
+    predictor = score_predictor(model)
     if predictor.calibrated:
         raise ValueError("collect_raw_scores needs the uncalibrated scores: build the model "
                          "with TEST.LT.CALIBRATION.METHOD none.")
@@ -121,13 +126,7 @@ def lvis_box_metrics(dataset_name, records, per_image, gt_dataset=None, max_dets
     meta = MetadataCatalog.get(dataset_name)
     columns = _concat_columns([_instances_to_columns(inst, r["image_id"])
                                for r, inst in zip(records, per_image)])
-    contiguous = meta.get("thing_dataset_id_to_contiguous_id", None)
-    if contiguous:
-        to_dataset_id = np.zeros(max(contiguous.values()) + 1, np.int64)
-        to_dataset_id[list(contiguous.values())] = list(contiguous.keys())
-        columns["category_id"] = to_dataset_id[columns["category_id"]]
-    else:  # LVIS ids are the contiguous ids + 1
-        columns["category_id"] = columns["category_id"] + 1
+    to_dataset_category_ids(columns, meta)
     if not len(columns["score"]):
         return {metric: float("nan") for metric in REPORTED_METRICS}
     metrics, _ = evaluate_lvis(gt_dataset if gt_dataset is not None else meta.json_file,
@@ -174,7 +173,7 @@ def best_row(rows, metric="AP"):
 
 
 def format_table(rows, method, metrics=("AP", "APr", "APc", "APf")):
-    name = {"norcal": "gamma", "logit_adjust": "tau"}.get(method, "value")
+    name = EXPONENT_KEYS[method].lower()
     lines = [f"| {name} | " + " | ".join(metrics) + " |",
              "|---:|" + "---:|" * len(metrics)]
     for value, m in rows:

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("none", "norcal", "logit_adjust")
 COUNTS = ("image", "instance")
+# the TEST.LT.CALIBRATION key that holds each method's exponent
+EXPONENT_KEYS = {"norcal": "GAMMA", "logit_adjust": "TAU"}
 MIN_COUNT = 1.0  # the floor of a class's training count (a class never seen counts once)
 
 
@@ -69,7 +71,7 @@ class ScoreCalibration(nn.Module):
         method (str): "norcal" or "logit_adjust".
         counts (Tensor or array): (K,) training counts per class (images or instances).
         exponent (float): NorCal's gamma or logit adjustment's tau.
-        count_kind (str): what ``counts`` counts ("image" / "instance"), for the record.
+        count_kind (str): what ``counts`` counts ("image" / "instance"), for the log.
 
     The weights are a non-persistent buffer: they follow the model's device but are not part
     of its checkpoint, which therefore loads with any calibration (or none).
@@ -83,10 +85,6 @@ class ScoreCalibration(nn.Module):
 
     def forward(self, probs):
         return calibrate_probs(probs, self.class_weights.to(probs.dtype))
-
-    def description(self):
-        """What was applied, for the evaluation record."""
-        return {"method": self.method, "exponent": self.exponent, "count": self.count_kind}
 
     def extra_repr(self):
         return f"method={self.method}, exponent={self.exponent}, count={self.count_kind}"
@@ -119,8 +117,9 @@ def calibration_config(cfg):
     if calib.COUNT not in COUNTS:
         raise ValueError(f"Unknown TEST.LT.CALIBRATION.COUNT={calib.COUNT!r}; use 'image' "
                          "(training images per class) or 'instance' (training instances).")
-    exponent = calib.GAMMA if calib.METHOD == "norcal" else calib.TAU
-    return calib.METHOD, float(exponent), calib.COUNT
+    if calib.METHOD == "none":
+        return calib.METHOD, 0.0, calib.COUNT
+    return calib.METHOD, float(calib.get(EXPONENT_KEYS[calib.METHOD])), calib.COUNT
 
 
 def training_counts(class_stats, count_kind, method):
