@@ -75,13 +75,7 @@ class LTLVISEvaluator(LVISEvaluator):
         self._last_precision = {}
         columns = _concat_columns([p["instances"] for p in predictions])
         tasks = self._tasks or self._tasks_from_predictions(columns)
-        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
-            contiguous = self._metadata.thing_dataset_id_to_contiguous_id
-            to_dataset_id = np.zeros(max(contiguous.values(), default=-1) + 1, np.int64)
-            to_dataset_id[list(contiguous.values())] = list(contiguous.keys())
-            columns["category_id"] = to_dataset_id[columns["category_id"]]
-        else:  # LVIS ids are the contiguous ids + 1
-            columns["category_id"] = columns["category_id"] + 1
+        to_dataset_category_ids(columns, self._metadata)
         num_results = len(columns["score"])
         if self._output_dir:
             file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
@@ -122,6 +116,18 @@ class LTLVISEvaluator(LVISEvaluator):
         lvis_eval.run()
         lvis_eval.print_results()
         return lvis_eval.get_results(), lvis_eval.eval["precision"]
+
+
+def to_dataset_category_ids(columns, metadata):
+    """Turn the contiguous class ids of result ``columns`` into the dataset's category ids
+    (in place): through the metadata's id map, else LVIS's convention (contiguous id + 1)."""
+    contiguous = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if contiguous:
+        to_dataset_id = np.zeros(max(contiguous.values()) + 1, np.int64)
+        to_dataset_id[list(contiguous.values())] = list(contiguous.keys())
+        columns["category_id"] = to_dataset_id[columns["category_id"]]
+    else:
+        columns["category_id"] = columns["category_id"] + 1
 
 
 def _instances_to_columns(instances, image_id):
